@@ -1,0 +1,41 @@
+# n2vpipe: Noise2Void denoising of large microscopy volumes.
+#   local:  snakemake --cores all
+#   HPC:    snakemake --profile slurm
+# Settings: config/config.yaml (documented in config/schema.yaml).
+
+import os
+import sys
+from pathlib import Path
+
+from snakemake.utils import min_version, validate
+
+min_version("9.0")
+
+# The library lives in src/; jobs (also in conda envs and on cluster nodes) import it from here.
+N2VPIPE_SRC = str(Path(workflow.basedir) / "src")
+sys.path.insert(0, N2VPIPE_SRC)
+os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (N2VPIPE_SRC, os.environ.get("PYTHONPATH")) if p)
+
+
+configfile: "config/config.yaml"
+
+
+validate(config, "config/schema.yaml")
+
+
+include: "workflow/rules/common.smk"
+include: "workflow/rules/ingest.smk"
+include: "workflow/rules/train.smk"
+include: "workflow/rules/predict.smk"
+include: "workflow/rules/report.smk"
+
+
+rule all:
+    input:
+        final_outputs(),
+    default_target: True
+    localrule: True
+
+
+onsuccess:
+    print(outputs_summary())

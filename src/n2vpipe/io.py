@@ -1,0 +1,405 @@
+"""Reading TIFF-family inputs lazily and writing OME-Zarr (NGFF 0.4) outputs atomically.
+
+Every array this module hands out is in one canonical axis order, a subsequence
+of ``tczyx``. Outputs are NGFF 0.4 (Zarr v2, ``/`` separated chunks), which napari
+(napari-ome-zarr), Fiji (n5-zarr / MoBIE) and ome-zarr-py all open.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import re
+import shutil
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from xml.etree import ElementTree
+
+import numcodecs
+import numpy as np
+import tifffile
+import zarr
+
+log = logging.getLogger(__name__)
+
+CANONICAL_AXES = "tczyx"
+SPATIAL_AXES = "zyx"
+NGFF_VERSION = "0.4"
+TIFF_SUFFIXES = (".ome.tiff", ".ome.tif", ".tiff", ".tif")
+_UNIT_ALIASES = {
+    "micron": "micrometer",
+    "um": "micrometer",
+    "µm": "micrometer",
+    "\\u00B5m": "micrometer",
+    "nm": "nanometer",
+    "mm": "millimeter",
+    "pixel": "",
+    "": "",
+}
+
+
+class InputError(ValueError):
+    """An input file that cannot be used; the message names the file and the problem."""
+
+
+@dataclass(frozen=True)
+class ImageMeta:
+    """Axes, physical voxel size and unit of an image in canonical axis order."""
+
+    axes: str
+    shape: tuple[int, ...]
+    dtype: str
+    scale: tuple[float, ...]
+    unit: str = "micrometer"
+
+    @property
+    def spatial_axes(self) -> str:
+        """The spatial axes present, e.g. ``"zyx"`` or ``"yx"``."""
+        return "".join(a for a in self.axes if a in SPATIAL_AXES)
+
+    @property
+    def spatial_shape(self) -> tuple[int, ...]:
+        """Shape along the spatial axes only."""
+        return tuple(s for a, s in zip(self.axes, self.shape) if a in SPATIAL_AXES)
+
+    @property
+    def spatial_scale(self) -> tuple[float, ...]:
+        """Voxel size along the spatial axes only."""
+        return tuple(s for a, s in zip(self.axes, self.scale) if a in SPATIAL_AXES)
+
+    def size(self, axis: str) -> int:
+        """Length along ``axis``, 1 when the axis is absent."""
+        return self.shape[self.axes.index(axis)] if axis in self.axes else 1
+
+
+def acquisition_name(path: Path) -> str:
+    """Name of the acquisition stored at ``path``: the file name without TIFF suffixes."""
+    name = path.name
+    for suffix in TIFF_SUFFIXES:
+        if name.lower().endswith(suffix):
+            return name[: -len(suffix)]
+    return name
+
+
+def canonical_axes(tiff_axes: str) -> tuple[str, tuple[int, ...]]:
+    """Map tifffile's axis letters to canonical ``tczyx`` order.
+
+    Returns the canonical axes and the permutation that brings the source array
+    into that order. Unknown stack letters (``I``, ``Q``) become ``z`` when the
+    file has no explicit Z; samples (``S``) become channels.
+    """
+    letters = list(tiff_axes.upper())
+    if "Z" not in letters:
+        for unknown in ("I", "Q"):
+            if unknown in letters:
+                letters[letters.index(unknown)] = "Z"
+                break
+    if "C" not in letters and "S" in letters:
+        letters[letters.index("S")] = "C"
+    mapped = "".join(letters).lower()
+    unsupported = [a for a in mapped if a not in CANONICAL_AXES]
+    if unsupported or len(set(mapped)) != len(mapped) or not mapped.endswith("yx"):
+        raise ValueError(f"axes {tiff_axes!r} cannot be mapped to a subset of TCZYX")
+    axes = "".join(a for a in CANONICAL_AXES if a in mapped)
+    return axes, tuple(mapped.index(a) for a in axes)
+
+
+def _normalise_unit(unit: str | None) -> str:
+    """Map TIFF unit spellings to NGFF unit names (micrometer when unknown)."""
+    if unit is None:
+        return "micrometer"
+    return _UNIT_ALIASES.get(unit.strip(), unit.strip()) or "micrometer"
+
+
+def _ome_physical_sizes(tif: tifffile.TiffFile) -> tuple[dict[str, float], str | None]:
+    """PhysicalSize{X,Y,Z} and the X unit from the OME-XML of ``tif``."""
+    root = ElementTree.fromstring(tif.ome_metadata)
+    pixels = next((el for el in root.iter() if el.tag.endswith("Pixels")), None)
+    if pixels is None:
+        return {}, None
+    sizes = {
+        axis: float(pixels.attrib[f"PhysicalSize{axis.upper()}"])
+        for axis in SPATIAL_AXES
+        if f"PhysicalSize{axis.upper()}" in pixels.attrib
+    }
+    return sizes, pixels.attrib.get("PhysicalSizeXUnit")
+
+
+def _tag_resolution(tif: tifffile.TiffFile) -> dict[str, float]:
+    """Pixel size in Y and X from the TIFF resolution tags (1 / pixels-per-unit)."""
+    tags = tif.pages.first.tags
+    sizes: dict[str, float] = {}
+    for axis, tag in (("x", "XResolution"), ("y", "YResolution")):
+        if tag in tags:
+            num, den = tags[tag].value
+            if num > 0 and den > 0 and num != den:
+                sizes[axis] = den / num
+    return sizes
+
+
+def tiff_voxel_size(tif: tifffile.TiffFile) -> tuple[dict[str, float], str]:
+    """Voxel sizes per spatial axis and their unit, from OME-XML or ImageJ metadata."""
+    if tif.is_ome and tif.ome_metadata:
+        sizes, unit = _ome_physical_sizes(tif)
+        if sizes:
+            return sizes, _normalise_unit(unit)
+    sizes = _tag_resolution(tif)
+    imagej = tif.imagej_metadata or {}
+    if "spacing" in imagej:
+        sizes["z"] = float(imagej["spacing"])
+    return sizes, _normalise_unit(imagej.get("unit"))
+
+
+def plane_files(folder: Path) -> list[Path]:
+    """The TIFF files of a one-file-per-plane folder, in natural sort order."""
+    files = [p for p in folder.iterdir() if p.name.lower().endswith((".tif", ".tiff"))]
+    return sorted(files, key=lambda p: [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", p.name)])
+
+
+@contextlib.contextmanager
+def open_tiff_lazy(path: Path) -> Iterator[tuple[zarr.Array, ImageMeta, tuple[int, ...]]]:
+    """Open a TIFF, OME-TIFF, ImageJ hyperstack or folder of plane TIFFs without reading it.
+
+    Yields the source as a read-only zarr array (in the file's own axis order),
+    its metadata in canonical order, and the permutation to canonical order.
+    Raises :class:`InputError` naming the file when it cannot be used.
+    """
+    path = Path(path)
+    try:
+        if path.is_dir():
+            files = plane_files(path)
+            if not files:
+                raise InputError(f"{path}: folder holds no .tif/.tiff plane files")
+            sequence = tifffile.TiffSequence(files, pattern=None)
+            with tifffile.TiffFile(files[0]) as first:
+                sizes, unit = tiff_voxel_size(first)
+                tiff_axes = "Z" + first.series[0].axes
+            store = sequence.aszarr()
+        else:
+            tif = tifffile.TiffFile(path)
+            if not tif.series:
+                raise InputError(f"{path}: TIFF holds no image series")
+            sizes, unit = tiff_voxel_size(tif)
+            tiff_axes = tif.series[0].axes
+            store = tif.series[0].aszarr()
+    except (tifffile.TiffFileError, OSError, ElementTree.ParseError) as err:
+        raise InputError(f"{path}: not a readable TIFF ({err})") from err
+    try:
+        source = zarr.open_array(store, mode="r")
+        try:
+            axes, permutation = canonical_axes(tiff_axes)
+        except ValueError as err:
+            raise InputError(f"{path}: {err}") from err
+        if len(source.shape) != len(tiff_axes):
+            raise InputError(f"{path}: series has shape {source.shape} but axes {tiff_axes!r}")
+        shape = tuple(source.shape[i] for i in permutation)
+        scale = tuple(sizes.get(a, 1.0) for a in axes)
+        yield source, ImageMeta(axes, shape, str(source.dtype), scale, unit), permutation
+    finally:
+        store.close()
+
+
+def blosc_compressor(name: str, level: int) -> numcodecs.Blosc:
+    """Blosc codec with the given inner compressor, bit-shuffled (good for microscopy)."""
+    return numcodecs.Blosc(cname=name, clevel=level, shuffle=numcodecs.Blosc.BITSHUFFLE)
+
+
+def ngff_multiscales(meta: ImageMeta, level_scales: Sequence[Sequence[float]], name: str) -> list[dict[str, Any]]:
+    """The NGFF 0.4 ``multiscales`` attribute for the given per-level voxel sizes."""
+    axes = []
+    for axis in meta.axes:
+        if axis == "c":
+            axes.append({"name": "c", "type": "channel"})
+        elif axis == "t":
+            axes.append({"name": "t", "type": "time"})
+        else:
+            axes.append({"name": axis, "type": "space", "unit": meta.unit})
+    datasets = [
+        {"path": str(level), "coordinateTransformations": [{"type": "scale", "scale": [float(s) for s in scale]}]}
+        for level, scale in enumerate(level_scales)
+    ]
+    return [{"version": NGFF_VERSION, "name": name, "axes": axes, "datasets": datasets}]
+
+
+def create_ome_zarr(
+    path: Path,
+    meta: ImageMeta,
+    chunks: Sequence[int],
+    compressor: numcodecs.abc.Codec,
+    name: str,
+    extra_attrs: Mapping[str, Any] | None = None,
+) -> zarr.Array:
+    """Create an OME-Zarr group at ``path`` with an empty level-0 array and NGFF metadata."""
+    group = zarr.open_group(str(path), mode="w", zarr_format=2)
+    array = group.create_array(
+        "0",
+        shape=meta.shape,
+        chunks=tuple(min(c, s) for c, s in zip(chunks, meta.shape)),
+        dtype=meta.dtype,
+        compressors=compressor,
+        fill_value=0,
+        chunk_key_encoding={"name": "v2", "separator": "/"},
+    )
+    group.attrs["multiscales"] = ngff_multiscales(meta, [meta.scale], name)
+    if extra_attrs:
+        group.attrs["n2vpipe"] = dict(extra_attrs)
+    return array
+
+
+def open_ome_zarr(path: Path, level: int = 0) -> tuple[zarr.Array, ImageMeta]:
+    """Open one level of an OME-Zarr image written by n2vpipe (or any NGFF 0.4 image)."""
+    try:
+        group = zarr.open_group(str(path), mode="r")
+        multiscale = group.attrs["multiscales"][0]
+    except (FileNotFoundError, KeyError, IndexError, zarr.errors.GroupNotFoundError) as err:
+        raise InputError(f"{path}: not an OME-Zarr image ({err!r})") from err
+    axes = "".join(a["name"] for a in multiscale["axes"])
+    dataset = multiscale["datasets"][level]
+    array = group[dataset["path"]]
+    scale = next(t["scale"] for t in dataset["coordinateTransformations"] if t["type"] == "scale")
+    unit = next((a["unit"] for a in multiscale["axes"] if "unit" in a), "micrometer")
+    return array, ImageMeta(axes, tuple(array.shape), str(array.dtype), tuple(scale), unit)
+
+
+def partial_path(final: Path) -> Path:
+    """Where an output is built before it is renamed into place."""
+    final = Path(final)
+    return final.with_name(f".{final.name}.partial")
+
+
+def publish(partial: Path, final: Path) -> None:
+    """Atomically move a completed ``partial`` output to ``final``."""
+    final = Path(final)
+    if final.is_dir():
+        shutil.rmtree(final)
+    elif final.exists():
+        final.unlink()
+    os.replace(partial, final)
+
+
+@contextlib.contextmanager
+def atomic_output(final: Path, keep_partial_on_error: bool = False) -> Iterator[Path]:
+    """Yield a temporary path beside ``final``; rename it to ``final`` only on success.
+
+    With ``keep_partial_on_error`` a failed or killed run leaves the partial
+    output for the next run to resume from; otherwise it is removed.
+    """
+    final = Path(final)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    partial = partial_path(final)
+    try:
+        yield partial
+    except BaseException:
+        if not keep_partial_on_error:
+            remove_path(partial)
+        raise
+    publish(partial, final)
+
+
+def remove_path(path: Path) -> None:
+    """Remove a file or directory tree if it exists."""
+    path = Path(path)
+    if path.is_dir():
+        shutil.rmtree(path)
+    elif path.exists():
+        path.unlink()
+
+
+def write_json(path: Path, payload: Mapping[str, Any]) -> None:
+    """Write ``payload`` as indented JSON, atomically."""
+    tmp = Path(path).with_name(Path(path).name + ".tmp")
+    tmp.write_text(json.dumps(payload, indent=2, sort_keys=True) + "\n")
+    os.replace(tmp, path)
+
+
+def read_planes_zcyx(array: zarr.Array, meta: ImageMeta) -> Iterator[np.ndarray]:
+    """Yield YX planes in ImageJ's TZCYX order, reading one plane at a time."""
+    index = {a: i for i, a in enumerate(meta.axes)}
+    for t in range(meta.size("t")):
+        for z in range(meta.size("z")):
+            for c in range(meta.size("c")):
+                key: list[Any] = [slice(None)] * len(meta.axes)
+                for axis, value in (("t", t), ("z", z), ("c", c)):
+                    if axis in index:
+                        key[index[axis]] = value
+                yield np.asarray(array[tuple(key)])
+
+
+def export_tiff(array: zarr.Array, meta: ImageMeta, dst: Path) -> None:
+    """Stream ``array`` into an ImageJ hyperstack TIFF that Fiji opens with its voxel size."""
+    imagej_axes = "".join(a for a in "tzcyx" if a in meta.axes).upper()
+    imagej_shape = tuple(meta.size(a.lower()) for a in imagej_axes)
+    scale = dict(zip(meta.axes, meta.scale))
+    metadata: dict[str, Any] = {"axes": imagej_axes, "unit": "um" if meta.unit == "micrometer" else meta.unit}
+    if "z" in scale:
+        metadata["spacing"] = scale["z"]
+    with atomic_output(dst) as partial:
+        tifffile.imwrite(
+            partial,
+            read_planes_zcyx(array, meta),
+            shape=imagej_shape,
+            dtype=array.dtype,
+            imagej=True,
+            resolution=(1.0 / scale["x"], 1.0 / scale["y"]),
+            metadata=metadata,
+        )
+
+
+def pyramid_factors(meta: ImageMeta) -> tuple[int, ...]:
+    """Per-axis downsampling factors for the next pyramid level.
+
+    Y and X halve; Z halves only while its voxels are not already much coarser
+    than in-plane (so strongly anisotropic stacks keep their Z resolution).
+    """
+    scale = dict(zip(meta.axes, meta.scale))
+    factors = []
+    for axis in meta.axes:
+        if axis in "yx":
+            factors.append(2)
+        elif axis == "z":
+            factors.append(2 if scale["z"] < 1.5 * scale["y"] and meta.size("z") >= 2 else 1)
+        else:
+            factors.append(1)
+    return tuple(factors)
+
+
+def write_pyramid(path: Path, levels: int, compressor: numcodecs.abc.Codec, min_size: int = 32) -> int:
+    """Add mean-downsampled levels 1..``levels``-1 to the OME-Zarr at ``path``.
+
+    Each level is computed from the previous one with dask, chunked like level 0
+    so that dask chunks equal zarr chunks. Stops early once Y or X would fall
+    below ``min_size``. Returns the number of levels present afterwards.
+    """
+    import dask.array as da
+
+    group = zarr.open_group(str(path), mode="r+")
+    multiscale = group.attrs["multiscales"][0]
+    base, meta = open_ome_zarr(path, 0)
+    scales = [list(meta.scale)]
+    current = meta
+    for level in range(1, levels):
+        factors = pyramid_factors(current)
+        shape = tuple(s // f for s, f in zip(current.shape, factors))
+        if min(s for a, s in zip(current.axes, shape) if a in "yx") < min_size:
+            break
+        previous = da.from_zarr(group[str(level - 1)])
+        down = da.coarsen(np.mean, previous, dict(enumerate(factors)), trim_excess=True)
+        target = group.create_array(
+            str(level),
+            shape=shape,
+            chunks=tuple(min(c, s) for c, s in zip(base.chunks, shape)),
+            dtype=base.dtype,
+            compressors=compressor,
+            fill_value=0,
+            chunk_key_encoding={"name": "v2", "separator": "/"},
+        )
+        down.astype(base.dtype).rechunk(target.chunks).store(target, lock=False)
+        scales.append([s * f for s, f in zip(scales[-1], factors)])
+        current = ImageMeta(current.axes, shape, current.dtype, tuple(scales[-1]), current.unit)
+    multiscale["datasets"] = ngff_multiscales(meta, scales, multiscale.get("name", ""))[0]["datasets"]
+    group.attrs["multiscales"] = [multiscale]
+    return len(scales)

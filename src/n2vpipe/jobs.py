@@ -1,0 +1,41 @@
+"""Helpers shared by the workflow scripts: per-job logging."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+
+@contextlib.contextmanager
+def job_logging(log_file: str | Path) -> Iterator[logging.Logger]:
+    """Send log records to ``log_file`` and stderr for the duration of one job.
+
+    An exception escaping the job is written to the log (one line for bad
+    input, with traceback otherwise) before it propagates, so the job fails
+    and the log says why.
+    """
+    Path(log_file).parent.mkdir(parents=True, exist_ok=True)
+    root = logging.getLogger()
+    handlers = [logging.FileHandler(log_file, mode="w"), logging.StreamHandler(sys.stderr)]
+    for handler in handlers:
+        handler.setFormatter(logging.Formatter(LOG_FORMAT))
+        root.addHandler(handler)
+    root.setLevel(logging.INFO)
+    logger = logging.getLogger("n2vpipe.job")
+    try:
+        yield logger
+    except ValueError as err:
+        logger.error("%s", err)
+        raise
+    except Exception:
+        logger.exception("job failed")
+        raise
+    finally:
+        for handler in handlers:
+            root.removeHandler(handler)
+            handler.close()

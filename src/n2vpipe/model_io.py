@@ -1,0 +1,99 @@
+"""A trained model on disk: ``weights.pt`` (tensors only) beside a self-describing ``model.json``.
+
+Weights load with ``torch.load(weights_only=True)``: no pickled code runs.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from n2vpipe import __version__
+from n2vpipe.io import write_json
+from n2vpipe.unet import UNet, UNetSpec, receptive_field, total_downsampling
+
+WEIGHTS_FILE = "weights.pt"
+DESCRIPTION_FILE = "model.json"
+FORMAT_VERSION = 1
+
+
+@dataclass(frozen=True)
+class Normalisation:
+    """Per-channel mean and standard deviation used to normalise inputs."""
+
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+
+    def apply(self, data: np.ndarray, channel: int) -> np.ndarray:
+        """Normalise ``data`` of one channel to float32."""
+        return ((data.astype(np.float32) - self.mean[channel]) / self.std[channel]).astype(np.float32)
+
+    def invert(self, data: np.ndarray, channel: int) -> np.ndarray:
+        """Map network output of one channel back to the input's intensity scale."""
+        return (data * self.std[channel] + self.mean[channel]).astype(np.float32)
+
+
+@dataclass(frozen=True)
+class ModelDescription:
+    """What a model is and how it was trained; written as ``model.json``."""
+
+    spec: UNetSpec
+    normalisation: Normalisation
+    spatial_axes: str
+    training: dict[str, Any] = field(default_factory=dict)
+    history: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain-JSON form, with derived facts (receptive field, grid) for readers."""
+        return {
+            "format_version": FORMAT_VERSION,
+            "n2vpipe_version": __version__,
+            "torch_version": torch.__version__,
+            "architecture": {"name": "unet", **self.spec.to_dict()},
+            "receptive_field": list(receptive_field(self.spec)),
+            "block_grid": list(total_downsampling(self.spec)),
+            "spatial_axes": self.spatial_axes,
+            "normalisation": {"mean": list(self.normalisation.mean), "std": list(self.normalisation.std)},
+            "training": self.training,
+            "history": self.history,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ModelDescription:
+        """Inverse of :meth:`to_dict`."""
+        if data.get("format_version") != FORMAT_VERSION:
+            raise ValueError(f"unsupported model format {data.get('format_version')!r}")
+        architecture = {k: v for k, v in data["architecture"].items() if k != "name"}
+        norm = data["normalisation"]
+        return cls(
+            spec=UNetSpec.from_dict(architecture),
+            normalisation=Normalisation(tuple(norm["mean"]), tuple(norm["std"])),
+            spatial_axes=data["spatial_axes"],
+            training=data.get("training", {}),
+            history=data.get("history", {}),
+        )
+
+
+def save_model(model: UNet, description: ModelDescription, directory: Path) -> None:
+    """Write weights and description into ``directory``."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    torch.save(state, directory / WEIGHTS_FILE)
+    write_json(directory / DESCRIPTION_FILE, description.to_dict())
+
+
+def load_model(directory: Path, device: str | torch.device = "cpu") -> tuple[UNet, ModelDescription]:
+    """Rebuild the network from ``directory`` in eval mode, loading tensors only."""
+    directory = Path(directory)
+    description = ModelDescription.from_dict(json.loads((directory / DESCRIPTION_FILE).read_text()))
+    model = UNet(description.spec)
+    state = torch.load(directory / WEIGHTS_FILE, map_location=device, weights_only=True)
+    model.load_state_dict(state)
+    return model.to(device).eval(), description
+

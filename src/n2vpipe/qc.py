@@ -1,0 +1,69 @@
+"""Quality-control pictures: the training curve and raw-versus-denoised views."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+from n2vpipe.io import ImageMeta, open_ome_zarr  # noqa: E402
+
+
+def plot_training_log(log_csv: Path, png: Path, title: str) -> None:
+    """Training and validation loss against step, on a log scale."""
+    with open(log_csv, newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    steps = [int(r["step"]) for r in rows]
+    fig, ax = plt.subplots(figsize=(6, 4), dpi=100)
+    ax.plot(steps, [float(r["train_loss"]) for r in rows], label="training (masked pixels)")
+    val = [float(r["val_loss"]) for r in rows]
+    if not all(np.isnan(val)):
+        ax.plot(steps, val, label="validation (disjoint region)")
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss")
+    ax.set_yscale("log")
+    ax.legend()
+    ax.set_title(f"Noise2Void training: {title}")
+    fig.tight_layout()
+    fig.savefig(png)
+    plt.close(fig)
+
+
+def middle_plane(array: np.ndarray | object, meta: ImageMeta, channel: int) -> np.ndarray:
+    """The central Z plane (or the image itself in 2D) of one channel at the first time point."""
+    key = []
+    for axis, size in zip(meta.axes, meta.shape):
+        if axis == "c":
+            key.append(channel)
+        elif axis == "t":
+            key.append(0)
+        elif axis == "z":
+            key.append(size // 2)
+        else:
+            key.append(slice(None))
+    return np.asarray(array[tuple(key)], dtype=np.float32)
+
+
+def comparison_figure(raw_zarr: Path, denoised_zarr: Path, png: Path) -> None:
+    """Raw and denoised central planes side by side per channel, with a shared contrast."""
+    raw, raw_meta = open_ome_zarr(raw_zarr)
+    denoised, den_meta = open_ome_zarr(denoised_zarr)
+    channels = raw_meta.size("c")
+    fig, axes = plt.subplots(channels, 2, figsize=(10, 5 * channels), dpi=100, squeeze=False)
+    for channel in range(channels):
+        before = middle_plane(raw, raw_meta, channel)
+        after = middle_plane(denoised, den_meta, channel)
+        low, high = np.percentile(after, [0.5, 99.8])
+        for ax, image, title in ((axes[channel, 0], before, "raw"), (axes[channel, 1], after, "denoised")):
+            ax.imshow(image, cmap="gray", vmin=low, vmax=high, interpolation="nearest")
+            ax.set_title(f"{title} (channel {channel}, central plane)")
+            ax.axis("off")
+    fig.suptitle(Path(raw_zarr).parent.name)
+    fig.tight_layout()
+    fig.savefig(png)
+    plt.close(fig)

@@ -1,0 +1,398 @@
+"""Noise2Void training on patches streamed from an OME-Zarr volume.
+
+Patches come from a bounded pool of chunk-aligned tiles read from the zarr, so
+memory is fixed by the config, not by the volume. Validation uses a spatially
+disjoint slab at the end of the longest axis. A checkpoint (weights, optimizer,
+scheduler, RNG states, step) is written every ``checkpoint_every`` steps; a run
+started again on the same partial model folder resumes from it.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import logging
+import math
+import os
+import sys
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+import zarr
+from tqdm import tqdm
+
+from n2vpipe.io import ImageMeta, atomic_output, open_ome_zarr
+from n2vpipe.masking import mask_batch
+from n2vpipe.model_io import ModelDescription, Normalisation, save_model
+from n2vpipe.qc import plot_training_log
+from n2vpipe.unet import UNet, UNetSpec, anisotropic_pooling, total_downsampling
+
+log = logging.getLogger(__name__)
+
+CHECKPOINT_FILE = "checkpoint.pt"
+LOG_FILE = "training_log.csv"
+LOG_COLUMNS = ("step", "train_loss", "val_loss", "learning_rate", "elapsed_s")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Training settings; built from the ``train`` section of the workflow config."""
+
+    variant: Literal["n2v", "n2v2"] = "n2v"
+    patch: Mapping[str, int] = field(default_factory=lambda: {"z": 16, "y": 64, "x": 64})
+    batch_size: int = 8
+    steps: int = 2000
+    learning_rate: float = 4e-4
+    masked_fraction: float = 0.002
+    neighbour_radius: int = 2
+    loss: Literal["mse", "l1"] = "mse"
+    depth: int = 2
+    base_filters: int = 32
+    batch_norm: bool = True
+    pooling: str | list[list[int]] = "auto"
+    seed: int = 0
+    validation_fraction: float = 0.1
+    validation_patches: int = 16
+    validate_every: int = 50
+    max_minutes: float = 0.0
+    checkpoint_every: int = 100
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    pool_tiles: int = 8
+    tile_refresh_every: int = 4
+
+    @classmethod
+    def from_mapping(cls, values: Mapping[str, Any]) -> TrainConfig:
+        """Build from a config mapping, rejecting keys this version does not know."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(f"unknown training settings: {', '.join(unknown)}")
+        return cls(**values)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain-JSON form."""
+        return {k: (dict(v) if isinstance(v, Mapping) else v) for k, v in dataclasses.asdict(self).items()}
+
+
+@dataclass(frozen=True)
+class Region:
+    """A box of spatial coordinates ``[start, stop)`` per axis."""
+
+    start: tuple[int, ...]
+    stop: tuple[int, ...]
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        """Extent per axis."""
+        return tuple(b - a for a, b in zip(self.start, self.stop))
+
+
+def select_device(requested: str) -> torch.device:
+    """``cuda`` when requested or when ``auto`` finds a GPU, else ``cpu``."""
+    if requested == "cuda" or (requested == "auto" and torch.cuda.is_available()):
+        return torch.device("cuda")
+    return torch.device("cpu")
+
+
+def effective_patch(meta: ImageMeta, config: TrainConfig, grid: tuple[int, ...]) -> tuple[int, ...]:
+    """Configured patch per spatial axis, shrunk to fit the volume and rounded down to the pooling grid."""
+    patch = []
+    for axis, size, step in zip(meta.spatial_axes, meta.spatial_shape, grid):
+        wanted = min(int(config.patch[axis]), size)
+        rounded = (wanted // step) * step
+        if rounded < step:
+            raise ValueError(f"volume is {size} voxels along {axis}; the network needs at least {step}")
+        patch.append(rounded)
+    return tuple(patch)
+
+
+def split_regions(shape: tuple[int, ...], patch: tuple[int, ...], fraction: float) -> tuple[Region, Region | None]:
+    """Split the volume into disjoint training and validation regions.
+
+    The validation slab takes ``fraction`` of the axis with the most room
+    (at least one patch deep); ``None`` when the volume cannot spare one.
+    """
+    whole = Region((0,) * len(shape), tuple(shape))
+    if fraction <= 0:
+        return whole, None
+    room = [s / p for s, p in zip(shape, patch)]
+    axis = int(np.argmax(room))
+    depth = max(patch[axis], int(round(shape[axis] * fraction)))
+    if shape[axis] - depth < patch[axis]:
+        return whole, None
+    cut = shape[axis] - depth
+    train_stop = list(shape)
+    train_stop[axis] = cut
+    val_start = [0] * len(shape)
+    val_start[axis] = cut
+    return Region(whole.start, tuple(train_stop)), Region(tuple(val_start), tuple(shape))
+
+
+def _channel_key(meta: ImageMeta, t: int, c: int, region: Region) -> tuple[Any, ...]:
+    """Index into a canonical array for one time point, one channel and a spatial region."""
+    key: list[Any] = []
+    spatial = iter(zip(region.start, region.stop))
+    for axis in meta.axes:
+        if axis == "t":
+            key.append(t)
+        elif axis == "c":
+            key.append(c)
+        else:
+            start, stop = next(spatial)
+            key.append(slice(start, stop))
+    return tuple(key)
+
+
+def estimate_normalisation(array: zarr.Array, meta: ImageMeta, rng: np.random.Generator,
+                           max_chunks: int = 64, samples_per_chunk: int = 4096) -> Normalisation:
+    """Per-channel mean and std from voxels sampled over the whole volume.
+
+    Up to ``max_chunks`` random chunks per channel are read; values beyond the
+    0.01st / 99.99th percentiles (hot pixels, saturated spots) are left out.
+    """
+    spatial_chunks = [c for a, c in zip(meta.axes, array.chunks) if a in "zyx"]
+    grid = [math.ceil(s / c) for s, c in zip(meta.spatial_shape, spatial_chunks)]
+    means, stds = [], []
+    for channel in range(meta.size("c")):
+        values = []
+        for _ in range(max_chunks):
+            t = int(rng.integers(meta.size("t")))
+            index = [int(rng.integers(g)) for g in grid]
+            start = tuple(i * c for i, c in zip(index, spatial_chunks))
+            stop = tuple(min(s + c, n) for s, c, n in zip(start, spatial_chunks, meta.spatial_shape))
+            block = np.asarray(array[_channel_key(meta, t, channel, Region(start, stop))]).ravel()
+            values.append(rng.choice(block, size=min(samples_per_chunk, block.size), replace=False))
+        sample = np.concatenate(values).astype(np.float64)
+        low, high = np.percentile(sample, [0.01, 99.99])
+        kept = sample[(sample >= low) & (sample <= high)]
+        means.append(float(kept.mean()))
+        stds.append(float(max(kept.std(), 1e-6)))
+    return Normalisation(tuple(means), tuple(stds))
+
+
+class PatchPool:
+    """A bounded pool of chunk-aligned tiles from which random patches are cut.
+
+    Memory is ``pool_tiles`` tiles of about twice the patch size, whatever the
+    volume size; one tile is replaced every ``refresh_every`` batches.
+    """
+
+    def __init__(self, array: zarr.Array, meta: ImageMeta, region: Region, patch: tuple[int, ...],
+                 normalisation: Normalisation, pool_tiles: int, refresh_every: int,
+                 rng: np.random.Generator) -> None:
+        self.array, self.meta, self.region, self.patch = array, meta, region, patch
+        self.normalisation, self.refresh_every, self.rng = normalisation, refresh_every, rng
+        chunks = [c for a, c in zip(meta.axes, array.chunks) if a in "zyx"]
+        self.chunks = tuple(chunks)
+        self.tile_shape = tuple(
+            min(r, max(p, math.ceil(2 * p / c) * c)) for r, p, c in zip(region.shape, patch, chunks)
+        )
+        self.tiles = [self._read_tile() for _ in range(pool_tiles)]
+        self.batches_served = 0
+
+    def _read_tile(self) -> np.ndarray:
+        """Read one normalised tile at a random chunk-aligned origin inside the region."""
+        origin = []
+        for start, stop, size, chunk in zip(self.region.start, self.region.stop, self.tile_shape, self.chunks):
+            latest = stop - size
+            aligned = list(range(start + (-start) % chunk, latest + 1, chunk)) or [latest]
+            origin.append(int(self.rng.choice(aligned)))
+        box = Region(tuple(origin), tuple(o + s for o, s in zip(origin, self.tile_shape)))
+        t = int(self.rng.integers(self.meta.size("t")))
+        channel = int(self.rng.integers(self.meta.size("c")))
+        tile = np.asarray(self.array[_channel_key(self.meta, t, channel, box)])
+        return self.normalisation.apply(tile, channel)
+
+    def sample(self, count: int) -> np.ndarray:
+        """Cut ``count`` random patches from the pool, refreshing one tile now and then."""
+        self.batches_served += 1
+        if self.batches_served % self.refresh_every == 0:
+            self.tiles[int(self.rng.integers(len(self.tiles)))] = self._read_tile()
+        patches = np.empty((count, *self.patch), dtype=np.float32)
+        for i in range(count):
+            tile = self.tiles[int(self.rng.integers(len(self.tiles)))]
+            corner = [int(self.rng.integers(0, s - p + 1)) for s, p in zip(tile.shape, self.patch)]
+            patches[i] = tile[tuple(slice(c, c + p) for c, p in zip(corner, self.patch))]
+        return patches
+
+
+def augment(batch: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Random flips along Y and X and 90° rotations in the YX plane (only when Y == X); never through Z."""
+    out = np.empty_like(batch)
+    square = batch.shape[-1] == batch.shape[-2]
+    for i, patch in enumerate(batch):
+        if square:
+            patch = np.rot90(patch, k=int(rng.integers(4)), axes=(-2, -1))
+        if rng.random() < 0.5:
+            patch = patch[..., ::-1]
+        if rng.random() < 0.5:
+            patch = patch[..., ::-1, :]
+        out[i] = patch
+    return out
+
+
+def masked_loss(prediction: torch.Tensor, target: torch.Tensor, mask: torch.Tensor, kind: str) -> torch.Tensor:
+    """Mean squared (or absolute) error over the masked pixels only."""
+    error = prediction - target
+    per_pixel = error.abs() if kind == "l1" else error.square()
+    return (per_pixel * mask).sum() / mask.sum().clamp(min=1)
+
+
+def build_spec(config: TrainConfig, meta: ImageMeta) -> UNetSpec:
+    """Network for this volume: 2D for YX images, 3D otherwise; pooling from the voxel size when ``auto``."""
+    ndim = len(meta.spatial_axes)
+    if config.pooling == "auto":
+        pooling = anisotropic_pooling(config.depth, meta.spatial_scale)
+    else:
+        pooling = tuple(tuple(level) for level in config.pooling)
+    return UNetSpec(ndim=ndim, depth=config.depth, base_filters=config.base_filters,
+                    batch_norm=config.batch_norm, pooling=pooling)
+
+
+def _masked_tensors(batch: np.ndarray, config: TrainConfig, rng: np.random.Generator,
+                    device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Network input, target and mask tensors of shape ``(B, 1, *spatial)``."""
+    replacement = "median" if config.variant == "n2v2" else "uniform"
+    inputs, masks = mask_batch(batch, config.masked_fraction, config.neighbour_radius, replacement, rng)
+    return tuple(torch.from_numpy(np.ascontiguousarray(a)).unsqueeze(1).to(device)
+                 for a in (inputs, batch, masks.astype(np.float32)))
+
+
+def _save_checkpoint(path: Path, step: int, model: UNet, optimizer: torch.optim.Optimizer,
+                     scheduler: torch.optim.lr_scheduler.LRScheduler, rng: np.random.Generator,
+                     elapsed: float) -> None:
+    """Write a resumable checkpoint atomically (tensors and plain values only)."""
+    state = {
+        "step": step,
+        "elapsed_s": elapsed,
+        "model": model.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict(),
+        "numpy_rng": rng.bit_generator.state,
+        "torch_rng": torch.get_rng_state(),
+    }
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+
+
+def _validation_loss(model: UNet, val_batch: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None,
+                     kind: str) -> float:
+    """Masked loss on the fixed validation batch (NaN when there is none)."""
+    if val_batch is None:
+        return float("nan")
+    model.eval()
+    with torch.no_grad():
+        loss = masked_loss(model(val_batch[0]), val_batch[1], val_batch[2], kind)
+    model.train()
+    return float(loss)
+
+
+def train_n2v(zarr_path: Path, model_dir: Path, config: TrainConfig, threads: int = 1) -> ModelDescription:
+    """Train a Noise2Void model on the OME-Zarr at ``zarr_path``; write it to ``model_dir``.
+
+    The folder appears only when training has finished (step budget, or the
+    ``max_minutes`` wall-time budget: the model at that point is the one saved).
+    """
+    torch.set_num_threads(max(1, threads))
+    torch.manual_seed(config.seed)
+    rng = np.random.default_rng(config.seed)
+    device = select_device(config.device)
+    array, meta = open_ome_zarr(zarr_path)
+    spec = build_spec(config, meta)
+    patch = effective_patch(meta, config, total_downsampling(spec))
+    normalisation = estimate_normalisation(array, meta, rng)
+    train_region, val_region = split_regions(meta.spatial_shape, patch, config.validation_fraction)
+    log.info("training %s: %s on %s, patch %s, device %s, normalisation %s", zarr_path, spec, meta.axes,
+             patch, device, normalisation)
+    pool = PatchPool(array, meta, train_region, patch, normalisation, config.pool_tiles,
+                     config.tile_refresh_every, rng)
+    val_batch = None
+    if val_region is not None:
+        val_pool = PatchPool(array, meta, val_region, patch, normalisation, 2, 1, np.random.default_rng(config.seed + 1))
+        val_batch = _masked_tensors(val_pool.sample(config.validation_patches), config,
+                                    np.random.default_rng(config.seed + 2), device)
+    model = UNet(spec).to(device)
+    optimizer = torch.optim.Adam(model.parameters(), lr=config.learning_rate)
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=config.steps,
+                                                           eta_min=config.learning_rate * 0.05)
+    with atomic_output(model_dir, keep_partial_on_error=True) as partial:
+        partial.mkdir(parents=True, exist_ok=True)
+        checkpoint = partial / CHECKPOINT_FILE
+        step, elapsed_before = 0, 0.0
+        if checkpoint.exists():
+            state = torch.load(checkpoint, map_location=device, weights_only=True)
+            model.load_state_dict(state["model"])
+            optimizer.load_state_dict(state["optimizer"])
+            scheduler.load_state_dict(state["scheduler"])
+            rng.bit_generator.state = state["numpy_rng"]
+            torch.set_rng_state(state["torch_rng"])
+            step, elapsed_before = int(state["step"]), float(state["elapsed_s"])
+            log.info("resuming from %s at step %d", checkpoint, step)
+        history = _run_steps(model, optimizer, scheduler, pool, val_batch, config, rng, device, partial,
+                             step, elapsed_before)
+        description = ModelDescription(spec=spec, normalisation=normalisation, spatial_axes=meta.spatial_axes,
+                                       training={**config.to_dict(), "effective_patch": list(patch),
+                                                 "source": str(zarr_path), "device": str(device)},
+                                       history=history)
+        model.eval()
+        save_model(model, description, partial)
+        checkpoint.unlink(missing_ok=True)
+        plot_training_log(partial / LOG_FILE, partial / "loss.png", title=Path(zarr_path).parent.name)
+    return description
+
+
+def _run_steps(model: UNet, optimizer: torch.optim.Optimizer, scheduler: torch.optim.lr_scheduler.LRScheduler,
+               pool: PatchPool, val_batch: Any, config: TrainConfig, rng: np.random.Generator,
+               device: torch.device, folder: Path, first_step: int, elapsed_before: float) -> dict[str, Any]:
+    """The optimisation loop; appends to the CSV log and checkpoints as it goes."""
+    log_path = folder / LOG_FILE
+    new_log = first_step == 0 or not log_path.exists()
+    started = time.monotonic() - elapsed_before
+    stop_reason = "steps"
+    model.train()
+    running, running_count = 0.0, 0
+    with open(log_path, "w" if new_log else "a", newline="") as handle, tqdm(
+        total=config.steps, initial=first_step, desc="train", unit="step", disable=None,
+        file=sys.stderr, mininterval=1,
+    ) as progress:
+        writer = csv.writer(handle)
+        if new_log:
+            writer.writerow(LOG_COLUMNS)
+        step = first_step
+        while step < config.steps:
+            batch = augment(pool.sample(config.batch_size), rng)
+            inputs, targets, masks = _masked_tensors(batch, config, rng, device)
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+                prediction = model(inputs)
+            loss = masked_loss(prediction.float(), targets, masks, config.loss)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            scheduler.step()
+            step += 1
+            running += loss.item()
+            running_count += 1
+            progress.update(1)
+            elapsed = time.monotonic() - started
+            out_of_time = config.max_minutes > 0 and elapsed > config.max_minutes * 60
+            if step % config.validate_every == 0 or step == config.steps or out_of_time:
+                val_loss = _validation_loss(model, val_batch, config.loss)
+                writer.writerow((step, running / running_count, val_loss, scheduler.get_last_lr()[0],
+                                 round(elapsed, 2)))
+                handle.flush()
+                progress.set_postfix(loss=f"{running / running_count:.4f}", val=f"{val_loss:.4f}")
+                if progress.disable:
+                    log.info("step %d/%d loss %.4f val %.4f", step, config.steps, running / running_count, val_loss)
+                running, running_count = 0.0, 0
+            if step % config.checkpoint_every == 0:
+                _save_checkpoint(folder / CHECKPOINT_FILE, step, model, optimizer, scheduler, rng, elapsed)
+            if out_of_time:
+                stop_reason = "max_minutes"
+                break
+    return {"steps_done": step, "stopped_by": stop_reason, "elapsed_s": round(time.monotonic() - started, 2)}

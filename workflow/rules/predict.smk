@@ -1,0 +1,19 @@
+rule predict:
+    """Tiled, dask-parallel inference into a multiscale OME-Zarr; resumes after a kill."""
+    input:
+        zarr=f"{RESULTS}/{{acq}}/raw.ome.zarr",
+        model=f"{RESULTS}/{{acq}}/model",
+    output:
+        zarr=directory(f"{RESULTS}/{{acq}}/denoised.ome.zarr"),
+    params:
+        settings=settings("predict"),
+    log:
+        f"{RESULTS}/{{acq}}/logs/predict.log",
+    threads: config["threads"]["predict"]
+    resources:
+        mem_mb=scaled("predict", "mem_mb"),
+        runtime=scaled("predict", "runtime"),
+    conda:
+        "../../envs/n2vpipe.yaml"
+    script:
+        "../scripts/predict.py"

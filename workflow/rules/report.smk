@@ -1,0 +1,40 @@
+rule export_tiff:
+    """Stream the denoised volume into an ImageJ hyperstack TIFF (voxel size kept) for Fiji."""
+    input:
+        zarr=f"{RESULTS}/{{acq}}/denoised.ome.zarr",
+    output:
+        tiff=f"{RESULTS}/{{acq}}/denoised.tif",
+    log:
+        f"{RESULTS}/{{acq}}/logs/export_tiff.log",
+    threads: config["threads"]["report"]
+    resources:
+        mem_mb=scaled("report", "mem_mb"),
+        runtime=scaled("report", "runtime"),
+    conda:
+        "../../envs/n2vpipe.yaml"
+    script:
+        "../scripts/export_tiff.py"
+
+
+rule qc_figure:
+    """Raw and denoised central planes side by side."""
+    input:
+        raw=f"{RESULTS}/{{acq}}/raw.ome.zarr",
+        denoised=f"{RESULTS}/{{acq}}/denoised.ome.zarr",
+    output:
+        png=report(
+            f"{RESULTS}/{{acq}}/qc/comparison.png",
+            caption="../report/comparison.rst",
+            category="Raw vs denoised",
+            labels={"acquisition": "{acq}"},
+        ),
+    log:
+        f"{RESULTS}/{{acq}}/logs/qc_figure.log",
+    threads: config["threads"]["report"]
+    resources:
+        mem_mb=scaled("report", "mem_mb"),
+        runtime=scaled("report", "runtime"),
+    conda:
+        "../../envs/n2vpipe.yaml"
+    script:
+        "../scripts/qc_figure.py"

@@ -1,0 +1,18 @@
+rule train:
+    """Train one Noise2Void model on the acquisition's own noisy voxels (GPU when there is one)."""
+    input:
+        zarr=f"{RESULTS}/{{acq}}/raw.ome.zarr",
+    output:
+        model=directory(f"{RESULTS}/{{acq}}/model"),
+    params:
+        settings=settings("train"),
+    log:
+        f"{RESULTS}/{{acq}}/logs/train.log",
+    threads: config["threads"]["train"]
+    resources:
+        mem_mb=scaled("train", "mem_mb"),
+        runtime=scaled("train", "runtime"),
+    conda:
+        "../../envs/n2vpipe.yaml"
+    script:
+        "../scripts/train.py"
