@@ -17,12 +17,14 @@ Replacement = Literal["uniform", "median"]
 
 
 def stratified_box_side(ndim: int, fraction: float) -> int:
-    """Side of the cubic stratification box: the smallest integer with side**ndim >= 1/fraction."""
+    """Side of the cubic stratification box: the largest integer with ``side**ndim <= 1/fraction``."""
     if not 0.0 < fraction <= 1.0:
         raise ValueError(f"masked fraction must be in (0, 1], got {fraction}")
     side = max(1, math.floor(fraction ** (-1.0 / ndim)))
-    while side**ndim * fraction < 1.0 - 1e-12:
+    while (side + 1) ** ndim * fraction <= 1.0 + 1e-12:
         side += 1
+    while side > 1 and side**ndim * fraction > 1.0 + 1e-12:
+        side -= 1
     return side
 
 

@@ -347,12 +347,23 @@ def train_n2v(zarr_path: Path, model_dir: Path, config: TrainConfig, threads: in
     return description
 
 
+def _truncate_log(log_path: Path, last_step: int) -> None:
+    """Drop log rows written after the checkpoint a run resumes from."""
+    with open(log_path, newline="") as handle:
+        rows = list(csv.reader(handle))
+    kept = [rows[0]] + [row for row in rows[1:] if int(row[0]) <= last_step]
+    with open(log_path, "w", newline="") as handle:
+        csv.writer(handle).writerows(kept)
+
+
 def _run_steps(model: UNet, optimizer: torch.optim.Optimizer, scheduler: torch.optim.lr_scheduler.LRScheduler,
                pool: PatchPool, val_batch: Any, config: TrainConfig, rng: np.random.Generator,
                device: torch.device, folder: Path, first_step: int, elapsed_before: float) -> dict[str, Any]:
     """The optimisation loop; appends to the CSV log and checkpoints as it goes."""
     log_path = folder / LOG_FILE
     new_log = first_step == 0 or not log_path.exists()
+    if not new_log:
+        _truncate_log(log_path, first_step)
     started = time.monotonic() - elapsed_before
     stop_reason = "steps"
     model.train()

@@ -1,14 +1,33 @@
 # Acquisition discovery, per-acquisition settings and resource helpers shared by all rules.
 
+import math
+
+import yaml
+
 from snakemake.logging import logger
 
-from n2vpipe.discover import SAFE_NAME, config_for, discover_acquisitions
+from n2vpipe.discover import (
+    SAFE_NAME,
+    ArrivalRule,
+    canonical,
+    config_for,
+    discover_acquisitions,
+    split_arrived,
+)
 
 SCHEMA = workflow.source_path("../../config/schema.yaml")
 RESULTS = config["results_dir"].rstrip("/")
-ACQUISITIONS, DISCOVERY_PROBLEMS = discover_acquisitions(config["input_dir"], config["input_patterns"])
+DISCOVERED, DISCOVERY_PROBLEMS = discover_acquisitions(config["input_dir"], config["input_patterns"])
+if workflow.remote_exec:
+    # A job on a cluster node: the submitting run already decided which acquisitions
+    # are complete, so a later touch of an input cannot make a running job lose its input.
+    ACQUISITIONS, PENDING = DISCOVERED, {}
+else:
+    ACQUISITIONS, PENDING = split_arrived(DISCOVERED, ArrivalRule.from_mapping(config["arrival"]))
 for problem in DISCOVERY_PROBLEMS:
     logger.warning(f"n2vpipe: {problem}")
+for name, reason in PENDING.items():
+    logger.warning(f"n2vpipe: {name}: not complete yet ({reason}); left for a later run")
 for name in config["acquisitions"]:
     validate(config_for(config, name), SCHEMA)
 
@@ -18,37 +37,146 @@ wildcard_constraints:
 
 
 def settings(section):
-    """Input function: the config section as it applies to the job's acquisition."""
-    return lambda wildcards: config_for(config, wildcards.acq)[section]
+    """Input function: the config section as it applies to the job's acquisition.
+
+    Keys are sorted so that Snakemake's params check (which compares repr) only
+    sees real value changes, not a reordered config file.
+    """
+    return lambda wildcards: canonical(config_for(config, wildcards.acq)[section])
 
 
 def raw_input(wildcards):
     """The input file (or folder) of one acquisition."""
+    if wildcards.acq not in ACQUISITIONS:
+        raise ValueError(
+            f"n2vpipe: no complete input for acquisition {wildcards.acq!r} in {config['input_dir']} "
+            f"(patterns {config['input_patterns']})"
+        )
     return str(ACQUISITIONS[wildcards.acq])
 
 
-def scaled(rule_name, key):
-    """Resource that grows with each retry: attempt N asks for N times the configured amount."""
-    base = config["resources"][rule_name][key]
-    return lambda wildcards, attempt: base * attempt
+# ---------------------------------------------------------------- resources
+# Every rule's resources come from config `resources:` (and `threads:`); each can
+# also be replaced without editing rules: `--set-resources predict:mem_mb=64000`.
+
+MIB = 2**20
+with open(SCHEMA) as _schema:
+    RESOURCE_DEFAULTS = {
+        rule_name: spec.get("default", {})
+        for rule_name, spec in yaml.safe_load(_schema)["properties"]["resources"]["properties"].items()
+    }
+
+
+def rule_resources(rule_name):
+    """config `resources: {rule_name: ...}` over the schema's defaults for that rule."""
+    return {**RESOURCE_DEFAULTS[rule_name], **config["resources"].get(rule_name, {})}
+
+
+def _voxels(size):
+    return size["z"] * size["y"] * size["x"]
+
+
+def estimated_mem_mb(rule_name, acq, threads):
+    """Rough peak memory (MB) of one job, from its block/chunk/patch sizes and threads."""
+    cfg = config_for(config, acq)
+    filters = cfg["train"]["base_filters"]
+    if rule_name == "ingest":
+        # each worker thread holds a few copies of one chunk (read, cast, compress)
+        return 500 + math.ceil(threads * _voxels(cfg["ingest"]["chunks"]) * 4 * 4 / MIB)
+    if rule_name == "train":
+        patch = cfg["train"]["batch_size"] * _voxels(cfg["train"]["patch"])
+        pool = cfg["train"]["pool_tiles"] * 8 * _voxels(cfg["train"]["patch"])
+        return 2000 + math.ceil((patch * filters * 4 * 24 + pool * 4) / MIB)
+    if rule_name == "predict":
+        # each worker thread runs the network on one block plus its halo (~1.5x)
+        block = 1.5 * _voxels(cfg["predict"]["block"])
+        return 1000 + math.ceil(threads * block * 4 * (6 * filters + 4) / MIB)
+    return 0
+
+
+def mem_mb_for(rule_name):
+    """Resource function: configured memory, raised to the estimate, times the attempt."""
+    base = rule_resources(rule_name)["mem_mb"]
+
+    def mem(wildcards, threads, attempt):
+        return max(base, estimated_mem_mb(rule_name, wildcards.acq, threads)) * attempt
+
+    return mem
+
+
+def runtime_for(rule_name):
+    """Resource function: configured minutes times the attempt (training: at least its time budget)."""
+    base = rule_resources(rule_name)["runtime"]
+
+    def minutes(wildcards, attempt):
+        floor = base
+        if rule_name == "train":
+            budget = config_for(config, wildcards.acq)["train"]["max_minutes"]
+            floor = max(base, math.ceil(budget * 1.2) + 10) if budget else base
+        return floor * attempt
+
+    return minutes
+
+
+def gpu_resources(rule_name):
+    """GPU resources of a rule, for the SLURM plugin (`--gpus[=model:]N`, `--cpus-per-gpu`).
+
+    Only set keys are returned (gpu_model and cpus_per_gpu are optional); local runs ignore them.
+    """
+    res = rule_resources(rule_name)
+    gpus = res.get("gpu", 0)
+    if not gpus:
+        return {"gpu": 0}
+    out = {"gpu": gpus}
+    if res.get("gpu_model"):
+        out["gpu_model"] = res["gpu_model"]
+    if res.get("cpus_per_gpu"):
+        out["cpus_per_gpu"] = res["cpus_per_gpu"]
+    return out
+
+
+# ---------------------------------------------------------------- targets, summaries
 
 
 def final_outputs():
     """Everything `rule all` asks for, per acquisition."""
     targets = []
     for acq in ACQUISITIONS:
-        targets.append(f"{RESULTS}/{acq}/denoised.ome.zarr")
-        targets.append(f"{RESULTS}/{acq}/qc/comparison.png")
-        if config_for(config, acq)["export"]["tiff"]:
-            targets.append(f"{RESULTS}/{acq}/denoised.tif")
+        targets.extend(outputs_of(acq))
     return targets
+
+
+def outputs_of(acq):
+    """The final files of one acquisition."""
+    targets = [f"{RESULTS}/{acq}/denoised.ome.zarr", f"{RESULTS}/{acq}/qc/comparison.png"]
+    if config_for(config, acq)["export"]["tiff"]:
+        targets.append(f"{RESULTS}/{acq}/denoised.tif")
+    return targets
+
+
+def pending_summary():
+    """Lines naming acquisitions left for a later run."""
+    return [f"  {acq}: not complete yet ({reason}); left for a later run" for acq, reason in PENDING.items()]
 
 
 def outputs_summary():
     """What a finished run prints: where each acquisition's results are."""
     if not ACQUISITIONS:
-        return f"n2vpipe: no acquisitions matched {config['input_patterns']} in {config['input_dir']}"
+        lines = [f"n2vpipe: no complete acquisitions matched {config['input_patterns']} in {config['input_dir']}"]
+        return "\n".join(lines + pending_summary())
     lines = [f"n2vpipe: results for {len(ACQUISITIONS)} acquisition(s) under {os.path.abspath(RESULTS)}"]
     for acq in ACQUISITIONS:
         lines.append(f"  {acq}: denoised.ome.zarr (open in napari/Fiji), model/, qc/comparison.png, logs/")
-    return "\n".join(lines)
+    return "\n".join(lines + pending_summary())
+
+
+def failure_summary():
+    """What a failed run prints: the acquisitions left unfinished and where their logs are."""
+    unfinished = [acq for acq in ACQUISITIONS if not all(os.path.exists(t) for t in outputs_of(acq))]
+    lines = [
+        f"n2vpipe: {len(unfinished)} acquisition(s) unfinished; the failed jobs and their logs are listed above "
+        "('Error in rule ...', 'log:'). Rerun the same command to retry them."
+    ]
+    for acq in unfinished:
+        lines.append(f"  {acq}: logs in {os.path.abspath(os.path.join(RESULTS, acq, 'logs'))}")
+    return "\n".join(lines + pending_summary())

@@ -10,8 +10,8 @@ rule ingest:
         f"{RESULTS}/{{acq}}/logs/ingest.log",
     threads: config["threads"]["ingest"]
     resources:
-        mem_mb=scaled("ingest", "mem_mb"),
-        runtime=scaled("ingest", "runtime"),
+        mem_mb=mem_mb_for("ingest"),
+        runtime=runtime_for("ingest"),
     conda:
         "../../envs/n2vpipe.yaml"
     script:

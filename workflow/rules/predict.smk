@@ -11,8 +11,9 @@ rule predict:
         f"{RESULTS}/{{acq}}/logs/predict.log",
     threads: config["threads"]["predict"]
     resources:
-        mem_mb=scaled("predict", "mem_mb"),
-        runtime=scaled("predict", "runtime"),
+        mem_mb=mem_mb_for("predict"),
+        runtime=runtime_for("predict"),
+        **gpu_resources("predict"),
     conda:
         "../../envs/n2vpipe.yaml"
     script:

@@ -8,8 +8,8 @@ rule export_tiff:
         f"{RESULTS}/{{acq}}/logs/export_tiff.log",
     threads: config["threads"]["report"]
     resources:
-        mem_mb=scaled("report", "mem_mb"),
-        runtime=scaled("report", "runtime"),
+        mem_mb=mem_mb_for("report"),
+        runtime=runtime_for("report"),
     conda:
         "../../envs/n2vpipe.yaml"
     script:
@@ -32,8 +32,8 @@ rule qc_figure:
         f"{RESULTS}/{{acq}}/logs/qc_figure.log",
     threads: config["threads"]["report"]
     resources:
-        mem_mb=scaled("report", "mem_mb"),
-        runtime=scaled("report", "runtime"),
+        mem_mb=mem_mb_for("report"),
+        runtime=runtime_for("report"),
     conda:
         "../../envs/n2vpipe.yaml"
     script:

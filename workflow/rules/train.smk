@@ -10,8 +10,9 @@ rule train:
         f"{RESULTS}/{{acq}}/logs/train.log",
     threads: config["threads"]["train"]
     resources:
-        mem_mb=scaled("train", "mem_mb"),
-        runtime=scaled("train", "runtime"),
+        mem_mb=mem_mb_for("train"),
+        runtime=runtime_for("train"),
+        **gpu_resources("train"),
     conda:
         "../../envs/n2vpipe.yaml"
     script:

@@ -1,0 +1,28 @@
+"""Shared fixtures: repository paths and a runner for real snakemake subprocesses."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).parent))
+
+
+@pytest.fixture(scope="session")
+def repo() -> Path:
+    """The repository root (where the Snakefile is)."""
+    return REPO
+
+
+def run_snakemake(args: list[str], cwd: Path = REPO, timeout: int = 900,
+                  expect_success: bool = True) -> subprocess.CompletedProcess[str]:
+    """Run snakemake as a user would, in a subprocess; fail the test on error unless told not to."""
+    command = [sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile"), *args]
+    result = subprocess.run(command, cwd=cwd, capture_output=True, text=True, timeout=timeout)
+    if expect_success and result.returncode != 0:
+        pytest.fail(f"snakemake {' '.join(args)} failed ({result.returncode}):\n{result.stdout}\n{result.stderr}")
+    return result

@@ -1,0 +1,111 @@
+"""Ingest: TIFF flavours to OME-Zarr, read back with an independent reader (ome-zarr-py)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tifffile
+from ome_zarr.io import parse_url
+from ome_zarr.reader import Reader
+
+from n2vpipe.ingest import ingest_tiff
+from n2vpipe.io import InputError, canonical_axes, export_tiff, open_ome_zarr, partial_path
+
+CHUNKS = {"z": 8, "y": 32, "x": 32}
+
+
+def read_with_ome_zarr_py(path: Path) -> tuple[np.ndarray, list[str], list[float]]:
+    """Level 0, axis names and level-0 scale as ome-zarr-py sees them."""
+    node = next(iter(Reader(parse_url(str(path)))()))
+    multiscales = node.metadata
+    axes = [a["name"] for a in multiscales["axes"]]
+    scale = multiscales["coordinateTransformations"][0][0]["scale"]
+    return np.asarray(node.data[0]), axes, scale
+
+
+def test_imagej_zyx_round_trips_with_voxel_size(tmp_path: Path) -> None:
+    data = np.random.default_rng(0).integers(0, 4000, size=(20, 70, 50), dtype=np.uint16)
+    src = tmp_path / "stack.tif"
+    tifffile.imwrite(src, data, imagej=True, resolution=(1 / 0.1, 1 / 0.1),
+                     metadata={"axes": "ZYX", "spacing": 0.3, "unit": "um"})
+    meta = ingest_tiff(src, tmp_path / "raw.ome.zarr", CHUNKS)
+    values, axes, scale = read_with_ome_zarr_py(tmp_path / "raw.ome.zarr")
+    assert axes == ["z", "y", "x"]
+    assert scale == pytest.approx([0.3, 0.1, 0.1])
+    assert np.array_equal(values, data)
+    array, reread = open_ome_zarr(tmp_path / "raw.ome.zarr")
+    assert array.chunks == (8, 32, 32) and reread == meta
+
+
+def test_imagej_zcyx_becomes_czyx(tmp_path: Path) -> None:
+    data = np.random.default_rng(1).integers(0, 255, size=(6, 2, 40, 30), dtype=np.uint16)
+    src = tmp_path / "two_channel.tif"
+    tifffile.imwrite(src, data, imagej=True, metadata={"axes": "ZCYX", "spacing": 0.5})
+    ingest_tiff(src, tmp_path / "raw.ome.zarr", CHUNKS, pyramid_levels=1)
+    values, axes, _ = read_with_ome_zarr_py(tmp_path / "raw.ome.zarr")
+    assert axes == ["c", "z", "y", "x"]
+    assert np.array_equal(values, data.transpose(1, 0, 2, 3))
+
+
+def test_ome_tiff_physical_sizes_are_kept(tmp_path: Path) -> None:
+    data = np.random.default_rng(2).integers(0, 255, size=(5, 33, 31), dtype=np.uint8)
+    src = tmp_path / "acq.ome.tif"
+    tifffile.imwrite(src, data, ome=True, metadata={"axes": "ZYX", "PhysicalSizeX": 0.2, "PhysicalSizeY": 0.25,
+                                                   "PhysicalSizeZ": 1.5})
+    meta = ingest_tiff(src, tmp_path / "raw.ome.zarr", CHUNKS)
+    assert meta.axes == "zyx" and meta.scale == pytest.approx((1.5, 0.25, 0.2))
+
+
+def test_2d_image_and_plane_folder(tmp_path: Path) -> None:
+    image = np.random.default_rng(3).integers(0, 255, size=(64, 48), dtype=np.uint16)
+    tifffile.imwrite(tmp_path / "plane.tif", image)
+    assert ingest_tiff(tmp_path / "plane.tif", tmp_path / "a.ome.zarr", CHUNKS).axes == "yx"
+    folder = tmp_path / "planes"
+    folder.mkdir()
+    for z in range(12):
+        tifffile.imwrite(folder / f"plane_{z}.tif", image + z)
+    meta = ingest_tiff(folder, tmp_path / "b.ome.zarr", CHUNKS)
+    values, axes, _ = read_with_ome_zarr_py(tmp_path / "b.ome.zarr")
+    assert meta.axes == "zyx" and axes == ["z", "y", "x"]
+    assert np.array_equal(values[10], image + 10), "planes must be in natural order (plane_10 after plane_9)"
+
+
+def test_pyramid_levels_are_written_with_doubling_scales(tmp_path: Path) -> None:
+    data = np.random.default_rng(4).integers(0, 255, size=(8, 128, 128), dtype=np.uint16)
+    tifffile.imwrite(tmp_path / "s.tif", data, imagej=True, metadata={"axes": "ZYX", "spacing": 4.0})
+    ingest_tiff(tmp_path / "s.tif", tmp_path / "p.ome.zarr", CHUNKS, pyramid_levels=3)
+    node = next(iter(Reader(parse_url(str(tmp_path / "p.ome.zarr")))()))
+    assert [level.shape for level in node.data] == [(8, 128, 128), (8, 64, 64), (8, 32, 32)]
+    level1, _ = open_ome_zarr(tmp_path / "p.ome.zarr", level=1)
+    assert np.allclose(level1[0, 0, 0], data[0, :2, :2].mean(), atol=1)
+
+
+def test_bad_input_names_the_file_and_leaves_no_output(tmp_path: Path) -> None:
+    src = tmp_path / "broken.tif"
+    src.write_bytes(b"this is not a tiff at all")
+    with pytest.raises(InputError, match="broken.tif"):
+        ingest_tiff(src, tmp_path / "raw.ome.zarr", CHUNKS)
+    assert not (tmp_path / "raw.ome.zarr").exists()
+    assert not partial_path(tmp_path / "raw.ome.zarr").exists()
+
+
+def test_unsupported_axes_are_refused() -> None:
+    with pytest.raises(ValueError, match="TCZYX"):
+        canonical_axes("ZYXR")
+
+
+def test_tiff_export_opens_as_imagej_hyperstack_with_voxel_size(tmp_path: Path) -> None:
+    data = np.random.default_rng(5).integers(0, 255, size=(4, 2, 16, 16), dtype=np.uint16)
+    tifffile.imwrite(tmp_path / "in.tif", data, imagej=True, resolution=(5.0, 5.0),
+                     metadata={"axes": "ZCYX", "spacing": 0.7, "unit": "um"})
+    ingest_tiff(tmp_path / "in.tif", tmp_path / "raw.ome.zarr", CHUNKS)
+    array, meta = open_ome_zarr(tmp_path / "raw.ome.zarr")
+    export_tiff(array, meta, tmp_path / "out.tif")
+    with tifffile.TiffFile(tmp_path / "out.tif") as tif:
+        assert tif.series[0].axes == "ZCYX"
+        assert np.array_equal(tif.asarray(), data)
+        assert tif.imagej_metadata["spacing"] == pytest.approx(0.7)
+        assert tif.pages[0].tags["XResolution"].value[0] / tif.pages[0].tags["XResolution"].value[1] == \
+            pytest.approx(5.0)

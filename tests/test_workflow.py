@@ -1,0 +1,110 @@
+"""Real snakemake runs of the whole pipeline on small files, as a user would run it."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tifffile
+import yaml
+from ome_zarr.io import parse_url
+from ome_zarr.reader import Reader
+
+from conftest import REPO, run_snakemake
+from n2vpipe.io import open_ome_zarr
+from synthetic import poisson_gaussian, smooth_blobs
+
+pytestmark = pytest.mark.workflow
+
+TINY_CONFIG = {
+    "ingest": {"chunks": {"z": 16, "y": 32, "x": 32}},
+    "train": {"patch": {"z": 16, "y": 32, "x": 32}, "batch_size": 4, "steps": 80, "base_filters": 8,
+              "masked_fraction": 0.02, "learning_rate": 0.002, "validate_every": 20, "checkpoint_every": 40},
+    "predict": {"block": {"z": 16, "y": 32, "x": 32}, "pyramid_levels": 2},
+    "threads": {"ingest": 1, "train": 2, "predict": 2},
+}
+
+
+def write_config(folder: Path, **overrides: object) -> Path:
+    """A config file pointing at ``folder/in`` and ``folder/results``."""
+    config = {"input_dir": str(folder / "in"), "results_dir": str(folder / "results"), **TINY_CONFIG, **overrides}
+    path = folder / "config.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, np.ndarray, object]:
+    """One pipeline run over a 3D volume with known ground truth, a 2D image, a ZCYX stack and a broken file."""
+    folder = tmp_path_factory.mktemp("workflow")
+    (folder / "in").mkdir()
+    clean = smooth_blobs((32, 64, 64), seed=0)
+    tifffile.imwrite(folder / "in" / "blobs.tif", poisson_gaussian(clean, seed=1), imagej=True,
+                     resolution=(1 / 0.1, 1 / 0.1), metadata={"axes": "ZYX", "spacing": 0.25, "unit": "um"})
+    tifffile.imwrite(folder / "in" / "flat.tif", poisson_gaussian(smooth_blobs((64, 64), seed=2), seed=3))
+    tifffile.imwrite(folder / "in" / "twochannel.tif",
+                     np.stack([poisson_gaussian(smooth_blobs((16, 32, 32), seed=s), seed=s) for s in (4, 5)], axis=1),
+                     imagej=True, metadata={"axes": "ZCYX", "spacing": 0.5})
+    (folder / "in" / "broken.tif").write_bytes(b"not a tiff")
+    (folder / "in" / "bad name!.tif").write_bytes(b"never read")
+    config = write_config(folder)
+    result = run_snakemake(["--configfile", str(config), "--cores", "2", "--keep-going"], cwd=folder,
+                           expect_success=False)
+    return folder, clean + 100, result
+
+
+def test_failed_input_is_named_and_costs_no_other_acquisition(finished_run) -> None:
+    folder, _, result = finished_run
+    assert result.returncode != 0
+    log = (folder / "results" / "broken" / "logs" / "ingest.log").read_text()
+    assert re.search(r"broken\.tif: not a readable TIFF", log)
+    assert not (folder / "results" / "broken" / "raw.ome.zarr").exists()
+    assert "bad name!.tif: skipped" in result.stderr
+    for acq in ("blobs", "flat", "twochannel"):
+        assert (folder / "results" / acq / "denoised.ome.zarr").is_dir(), acq
+
+
+def test_outputs_keep_shape_axes_and_voxel_size(finished_run) -> None:
+    folder, _, _ = finished_run
+    expected = {"blobs": ("zyx", (32, 64, 64)), "flat": ("yx", (64, 64)), "twochannel": ("czyx", (2, 16, 32, 32))}
+    for acq, (axes, shape) in expected.items():
+        raw, raw_meta = open_ome_zarr(folder / "results" / acq / "raw.ome.zarr")
+        den, den_meta = open_ome_zarr(folder / "results" / acq / "denoised.ome.zarr")
+        assert (raw_meta.axes, raw_meta.shape) == (axes, shape)
+        assert (den_meta.axes, den_meta.shape, den_meta.scale) == (axes, shape, raw_meta.scale)
+        assert den.dtype == np.float32 and np.isfinite(den[:]).all()
+        node = next(iter(Reader(parse_url(str(folder / "results" / acq / "denoised.ome.zarr")))()))
+        assert [a["name"] for a in node.metadata["axes"]] == list(axes)
+        assert node.data[0].shape == shape
+    _, blobs_meta = open_ome_zarr(folder / "results" / "blobs" / "denoised.ome.zarr")
+    assert blobs_meta.scale == pytest.approx((0.25, 0.1, 0.1))
+
+
+def test_denoised_is_closer_to_the_clean_signal(finished_run) -> None:
+    folder, clean, _ = finished_run
+    raw, _ = open_ome_zarr(folder / "results" / "blobs" / "raw.ome.zarr")
+    den, _ = open_ome_zarr(folder / "results" / "blobs" / "denoised.ome.zarr")
+    mse_raw = np.mean((raw[:].astype(np.float32) - clean) ** 2)
+    mse_denoised = np.mean((den[:] - clean) ** 2)
+    assert mse_denoised < 0.5 * mse_raw, (mse_raw, mse_denoised)
+
+
+def test_tiff_export_model_and_qc_exist(finished_run) -> None:
+    folder, _, _ = finished_run
+    acq = folder / "results" / "twochannel"
+    with tifffile.TiffFile(acq / "denoised.tif") as tif:
+        assert tif.series[0].axes == "ZCYX" and tif.series[0].shape == (16, 2, 32, 32)
+    assert (acq / "qc" / "comparison.png").stat().st_size > 10_000
+    assert {"weights.pt", "model.json", "loss.png", "training_log.csv"} <= {p.name for p in (acq / "model").iterdir()}
+    assert not list(acq.glob(".*.partial")), "no partial outputs may remain after success"
+
+
+def test_demo_config_dry_run_plans_every_stage(tmp_path: Path) -> None:
+    """The shipped config, as is, plans every stage for every bundled demo acquisition."""
+    result = run_snakemake(["-n", "--cores", "2", "--config", f"results_dir={tmp_path}"], cwd=REPO)
+    counts = dict(re.findall(r"^(\w+)\s+(\d+)$", result.stdout, flags=re.MULTILINE))
+    demo = len(list((REPO / "data" / "demo").glob("*.tif")))
+    stages = ("ingest", "train", "predict", "export_tiff", "qc_figure")
+    assert {k: int(counts.get(k, 0)) for k in stages} == dict.fromkeys(stages, demo)
