@@ -15,7 +15,7 @@ import torch
 
 from n2vpipe import __version__
 from n2vpipe.io import write_json
-from n2vpipe.unet import UNet, UNetSpec, receptive_field, total_downsampling
+from n2vpipe.unet import UNet, UNetSpec, memory_format, receptive_field, total_downsampling
 
 WEIGHTS_FILE = "weights.pt"
 DESCRIPTION_FILE = "model.json"
@@ -95,5 +95,5 @@ def load_model(directory: Path, device: str | torch.device = "cpu") -> tuple[UNe
     model = UNet(description.spec)
     state = torch.load(directory / WEIGHTS_FILE, map_location=device, weights_only=True)
     model.load_state_dict(state)
-    return model.to(device).eval(), description
+    return model.to(device, memory_format=memory_format(description.spec.ndim)).eval(), description
 

@@ -36,7 +36,7 @@ from n2vpipe.io import (
 )
 from n2vpipe.model_io import WEIGHTS_FILE, Normalisation, load_model
 from n2vpipe.train import select_device
-from n2vpipe.unet import UNet, receptive_reach, total_downsampling
+from n2vpipe.unet import UNet, memory_format, receptive_reach, total_downsampling
 
 log = logging.getLogger(__name__)
 
@@ -99,7 +99,8 @@ def run_network(model: UNet, data: np.ndarray, grid: tuple[int, ...], device: to
     """Apply ``model`` to one normalised single-channel array, padding its end up to the pooling grid."""
     pad = [(0, (-s) % g) for s, g in zip(data.shape, grid)]
     padded = np.pad(data, pad, mode="reflect") if any(p for _, p in pad) else data
-    tensor = torch.from_numpy(np.ascontiguousarray(padded))[None, None].to(device)
+    tensor = torch.from_numpy(np.ascontiguousarray(padded))[None, None]
+    tensor = tensor.to(device, memory_format=memory_format(data.ndim))
     with torch.inference_mode(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
         out = model(tensor).float()[0, 0].cpu().numpy()
     return out[tuple(slice(0, s) for s in data.shape)]

@@ -30,7 +30,7 @@ from n2vpipe.io import ImageMeta, atomic_output, open_ome_zarr
 from n2vpipe.masking import mask_batch
 from n2vpipe.model_io import ModelDescription, Normalisation, save_model
 from n2vpipe.qc import plot_training_log
-from n2vpipe.unet import UNet, UNetSpec, anisotropic_pooling, total_downsampling
+from n2vpipe.unet import UNet, UNetSpec, anisotropic_pooling, memory_format, total_downsampling
 
 log = logging.getLogger(__name__)
 
@@ -259,7 +259,8 @@ def _masked_tensors(batch: np.ndarray, config: TrainConfig, rng: np.random.Gener
     """Network input, target and mask tensors of shape ``(B, 1, *spatial)``."""
     replacement = "median" if config.variant == "n2v2" else "uniform"
     inputs, masks = mask_batch(batch, config.masked_fraction, config.neighbour_radius, replacement, rng)
-    return tuple(torch.from_numpy(np.ascontiguousarray(a)).unsqueeze(1).to(device)
+    layout = memory_format(batch.ndim - 1)
+    return tuple(torch.from_numpy(np.ascontiguousarray(a)).unsqueeze(1).to(device, memory_format=layout)
                  for a in (inputs, batch, masks.astype(np.float32)))
 
 
@@ -317,7 +318,7 @@ def train_n2v(zarr_path: Path, model_dir: Path, config: TrainConfig, threads: in
         val_pool = PatchPool(array, meta, val_region, patch, normalisation, 2, 1, np.random.default_rng(config.seed + 1))
         val_batch = _masked_tensors(val_pool.sample(config.validation_patches), config,
                                     np.random.default_rng(config.seed + 2), device)
-    model = UNet(spec).to(device)
+    model = UNet(spec).to(device, memory_format=memory_format(spec.ndim))
     optimizer = torch.optim.Adam(model.parameters(), lr=config.learning_rate)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=config.steps,
                                                            eta_min=config.learning_rate * 0.05)
