@@ -70,6 +70,14 @@ def test_interrupted_training_resumes_from_its_checkpoint(raw_zarr: Path, tmp_pa
     assert json.loads((tmp_path / "model" / "model.json").read_text())["history"]["steps_done"] == 6
 
 
+def test_checkpoint_from_other_settings_is_not_resumed(raw_zarr: Path, tmp_path: Path) -> None:
+    with pytest.raises(KeyboardInterrupt):
+        _train_and_interrupt_after_checkpoint(raw_zarr, tmp_path / "model")
+    train_n2v(raw_zarr, tmp_path / "model", TrainConfig(steps=4, learning_rate=1e-3, **TINY))
+    steps = [int(line.split(",")[0]) for line in (tmp_path / "model" / "training_log.csv").read_text().split()[1:]]
+    assert steps == [2, 4], "an edited config must train from scratch"
+
+
 def _train_and_interrupt_after_checkpoint(raw_zarr: Path, model_dir: Path) -> None:
     """Run training and raise KeyboardInterrupt right after the first checkpoint is written."""
     import n2vpipe.train as train_module

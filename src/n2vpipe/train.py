@@ -266,9 +266,10 @@ def _masked_tensors(batch: np.ndarray, config: TrainConfig, rng: np.random.Gener
 
 def _save_checkpoint(path: Path, step: int, model: UNet, optimizer: torch.optim.Optimizer,
                      scheduler: torch.optim.lr_scheduler.LRScheduler, rng: np.random.Generator,
-                     elapsed: float) -> None:
+                     elapsed: float, config: TrainConfig) -> None:
     """Write a resumable checkpoint atomically (tensors and plain values only)."""
     state = {
+        "config": config.to_dict(),
         "step": step,
         "elapsed_s": elapsed,
         "model": model.state_dict(),
@@ -280,6 +281,30 @@ def _save_checkpoint(path: Path, step: int, model: UNet, optimizer: torch.optim.
     tmp = path.with_name(path.name + ".tmp")
     torch.save(state, tmp)
     os.replace(tmp, path)
+
+
+def _resume(checkpoint: Path, config: TrainConfig, model: UNet, optimizer: torch.optim.Optimizer,
+            scheduler: torch.optim.lr_scheduler.LRScheduler, rng: np.random.Generator,
+            device: torch.device) -> tuple[int, float]:
+    """Restore state from ``checkpoint`` if it was written with the same settings.
+
+    Returns the step and elapsed seconds to continue from; ``(0, 0.0)`` for a fresh start.
+    A checkpoint from other settings (the config was edited) is discarded.
+    """
+    if not checkpoint.exists():
+        return 0, 0.0
+    state = torch.load(checkpoint, map_location=device, weights_only=True)
+    if state.get("config") != config.to_dict():
+        log.info("discarding %s: it was written with other training settings", checkpoint)
+        checkpoint.unlink()
+        return 0, 0.0
+    model.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    rng.bit_generator.state = state["numpy_rng"]
+    torch.set_rng_state(state["torch_rng"])
+    log.info("resuming from %s at step %d", checkpoint, state["step"])
+    return int(state["step"]), float(state["elapsed_s"])
 
 
 def _validation_loss(model: UNet, val_batch: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None,
@@ -325,16 +350,7 @@ def train_n2v(zarr_path: Path, model_dir: Path, config: TrainConfig, threads: in
     with atomic_output(model_dir, keep_partial_on_error=True) as partial:
         partial.mkdir(parents=True, exist_ok=True)
         checkpoint = partial / CHECKPOINT_FILE
-        step, elapsed_before = 0, 0.0
-        if checkpoint.exists():
-            state = torch.load(checkpoint, map_location=device, weights_only=True)
-            model.load_state_dict(state["model"])
-            optimizer.load_state_dict(state["optimizer"])
-            scheduler.load_state_dict(state["scheduler"])
-            rng.bit_generator.state = state["numpy_rng"]
-            torch.set_rng_state(state["torch_rng"])
-            step, elapsed_before = int(state["step"]), float(state["elapsed_s"])
-            log.info("resuming from %s at step %d", checkpoint, step)
+        step, elapsed_before = _resume(checkpoint, config, model, optimizer, scheduler, rng, device)
         history = _run_steps(model, optimizer, scheduler, pool, val_batch, config, rng, device, partial,
                              step, elapsed_before)
         description = ModelDescription(spec=spec, normalisation=normalisation, spatial_axes=meta.spatial_axes,
@@ -403,7 +419,7 @@ def _run_steps(model: UNet, optimizer: torch.optim.Optimizer, scheduler: torch.o
                     log.info("step %d/%d loss %.4f val %.4f", step, config.steps, running / running_count, val_loss)
                 running, running_count = 0.0, 0
             if step % config.checkpoint_every == 0:
-                _save_checkpoint(folder / CHECKPOINT_FILE, step, model, optimizer, scheduler, rng, elapsed)
+                _save_checkpoint(folder / CHECKPOINT_FILE, step, model, optimizer, scheduler, rng, elapsed, config)
             if out_of_time:
                 stop_reason = "max_minutes"
                 break
