@@ -1,6 +1,7 @@
 # n2vpipe: Noise2Void denoising of large microscopy volumes.
 #   local:  snakemake --cores all
-#   HPC:    snakemake --profile slurm
+#   HPC:    snakemake --profile slurm          (site settings: slurm/config.v8+.yaml)
+#   cron:   workflow/cron/n2vpipe-cron.sh IN OUT (one run at a time, log per run)
 # Settings: config/config.yaml (documented in config/schema.yaml).
 
 import os
@@ -39,3 +40,7 @@ rule all:
 
 onsuccess:
     print(outputs_summary())
+
+
+onerror:
+    print(failure_summary(), file=sys.stderr)

@@ -18,6 +18,9 @@ from n2vpipe.discover import (
 SCHEMA = workflow.source_path("../../config/schema.yaml")
 RESULTS = config["results_dir"].rstrip("/")
 DISCOVERED, DISCOVERY_PROBLEMS = discover_acquisitions(config["input_dir"], config["input_patterns"])
+# Absolute input paths: Snakemake records them, so `input_dir: data/in` and `/abs/data/in`
+# (as cron passes it) must not look like a changed input.
+DISCOVERED = {name: Path(os.path.abspath(path)) for name, path in DISCOVERED.items()}
 if workflow.remote_exec:
     # A job on a cluster node: the submitting run already decided which acquisitions
     # are complete, so a later touch of an input cannot make a running job lose its input.
@@ -175,7 +178,7 @@ def failure_summary():
     unfinished = [acq for acq in ACQUISITIONS if not all(os.path.exists(t) for t in outputs_of(acq))]
     lines = [
         f"n2vpipe: {len(unfinished)} acquisition(s) unfinished; the failed jobs and their logs are listed above "
-        "('Error in rule ...', 'log:'). Rerun the same command to retry them."
+        "(look for 'Error in rule' and its 'log' line). Rerun the same command to retry them."
     ]
     for acq in unfinished:
         lines.append(f"  {acq}: logs in {os.path.abspath(os.path.join(RESULTS, acq, 'logs'))}")

@@ -1,0 +1,192 @@
+"""Cron-triggered ingestion through workflow/cron/n2vpipe-cron.sh, run for real (locally, no profile)."""
+
+from __future__ import annotations
+
+import subprocess
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tifffile
+
+from .conftest import (
+    ALL_RULES,
+    BIN,
+    copy_workflow,
+    expand_jobs,
+    jobs_in,
+    subprocess_env,
+    write_config,
+    write_volume,
+)
+
+pytestmark = pytest.mark.workflow
+MIN_AGE = 3  # seconds an input must be unchanged before a cron run takes it
+
+
+@dataclass
+class Cron:
+    """A workflow copy, its input/results folders and the environment a crontab line would set."""
+
+    repo: Path
+    inputs: Path
+    results: Path
+    env: dict[str, str]
+
+    @property
+    def script(self) -> Path:
+        return self.repo / "workflow" / "cron" / "n2vpipe-cron.sh"
+
+    def command(self) -> list[str]:
+        return ["timeout", "-k", "10", "240", str(self.script), str(self.inputs), str(self.results)]
+
+    def run(self) -> subprocess.CompletedProcess[str]:
+        # cron starts jobs in $HOME, not in the repository
+        return subprocess.run(self.command(), env=self.env, cwd=Path.home(), capture_output=True, text=True,
+                              stdin=subprocess.DEVNULL)
+
+    def logs(self) -> list[Path]:
+        return sorted((self.results / "logs" / "cron").glob("*-*.log"))
+
+    def last_log(self) -> str:
+        return (self.results / "logs" / "cron" / "latest.log").read_text()
+
+    def complete(self, acq: str) -> bool:
+        return all((self.results / acq / name).exists()
+                   for name in ("denoised.ome.zarr", "denoised.tif", "qc/comparison.png"))
+
+
+@pytest.fixture
+def cron(tmp_path: Path) -> Iterator[Cron]:
+    repo = copy_workflow(tmp_path / "repo")
+    inputs, results = tmp_path / "incoming", tmp_path / "results"
+    inputs.mkdir()
+    config = write_config(tmp_path / "site.yaml", inputs, results)
+    env = subprocess_env()
+    env.update(N2VPIPE_PROFILE="", N2VPIPE_CORES="2", N2VPIPE_MIN_AGE=str(MIN_AGE),
+               N2VPIPE_CONFIGFILE=str(config), N2VPIPE_SNAKEMAKE=str(BIN / "snakemake"))
+    yield Cron(repo, inputs, results, env)
+
+
+def settle() -> None:
+    """Wait until files written so far count as completely arrived."""
+    time.sleep(MIN_AGE + 0.5)
+
+
+def describe(result: subprocess.CompletedProcess[str], cron: Cron) -> str:
+    log = cron.last_log() if (cron.results / "logs" / "cron" / "latest.log").exists() else ""
+    return f"exit {result.returncode}\nstdout:\n{result.stdout}\nstderr:\n{result.stderr}\nlog:\n{log[-6000:]}"
+
+
+class Copier(threading.Thread):
+    """Copies a TIFF into place slowly, the way a big transfer grows a file."""
+
+    def __init__(self, data: bytes, dest: Path) -> None:
+        super().__init__(daemon=True)
+        self.data, self.dest, self.stop = data, dest, threading.Event()
+
+    def run(self) -> None:
+        with open(self.dest, "wb") as out:
+            for start in range(0, len(self.data), 256):
+                out.write(self.data[start:start + 256])
+                out.flush()
+                if self.stop.wait(0.1):
+                    break
+
+    def finish(self) -> None:
+        """Stop dripping and write the rest at once."""
+        self.stop.set()
+        self.join()
+        self.dest.write_bytes(self.data)
+
+
+def test_growing_file_waits_and_new_file_is_processed_by_next_run_alone(cron: Cron, tmp_path: Path) -> None:
+    write_volume(cron.inputs / "a.tif", seed=0)
+    settle()
+    full = write_volume(tmp_path / "staging" / "grow.tif", seed=1).read_bytes()
+    copier = Copier(full, cron.inputs / "grow.tif")
+    copier.start()
+    try:
+        first = cron.run()
+    finally:
+        copier.finish()
+    assert first.returncode == 0, describe(first, cron)
+    assert first.stdout == "", "a good run is silent (cron mails output)"
+    assert cron.complete("a")
+    assert not (cron.results / "grow").exists(), "a file still being copied was ingested"
+    assert "grow: not complete yet" in cron.last_log()
+    assert jobs_in(cron.last_log()) == expand_jobs(ALL_RULES, ["a"])
+
+    write_volume(cron.inputs / "c.tif", seed=2)  # arrives between runs
+    settle()
+    second = cron.run()
+    assert second.returncode == 0, describe(second, cron)
+    assert jobs_in(cron.last_log()) == expand_jobs(ALL_RULES, ["grow", "c"])
+    assert cron.complete("grow") and cron.complete("c")
+    raw = tifffile.imread(cron.inputs / "grow.tif")
+    assert tifffile.imread(cron.results / "grow" / "denoised.tif").squeeze().shape == raw.shape
+
+    third = cron.run()
+    assert third.returncode == 0, describe(third, cron)
+    assert jobs_in(cron.last_log()) == set()
+    assert len(cron.logs()) == 3, "one log per run"
+
+
+def test_overlapping_runs_do_not_interfere(cron: Cron) -> None:
+    write_volume(cron.inputs / "d.tif", seed=3)
+    settle()
+    first = subprocess.Popen(cron.command(), env=cron.env, cwd=Path.home(), stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True, stdin=subprocess.DEVNULL)
+    lock = cron.results / ".n2vpipe-cron.lock"
+    deadline = time.time() + 30
+    while time.time() < deadline:  # wait until the first run holds the lock
+        if lock.exists() and subprocess.run(["flock", "-n", str(lock), "true"]).returncode != 0:
+            break
+        time.sleep(0.1)
+    else:
+        first.kill()
+        pytest.fail("the first run never took the lock")
+    second = cron.run()
+    out, err = first.communicate(timeout=240)
+    assert second.returncode == 0, describe(second, cron)
+    assert "another run is still active" in second.stdout
+    assert first.returncode == 0, f"{out}\n{err}\n{cron.last_log()}"
+    assert len(cron.logs()) == 1, "the overlapping run must not start snakemake"
+    assert cron.complete("d")
+    denoised = tifffile.imread(cron.results / "d" / "denoised.tif")
+    assert np.isfinite(denoised).all()
+    again = cron.run()
+    assert again.returncode == 0, describe(again, cron)
+    assert jobs_in(cron.last_log()) == set()
+
+
+def test_failed_acquisition_is_reported_and_retried_without_blocking_new_ones(cron: Cron) -> None:
+    (cron.inputs / "broken.tif").write_bytes(b"this is not a TIFF file")
+    write_volume(cron.inputs / "e.tif", seed=4)
+    settle()
+    first = cron.run()
+    assert first.returncode != 0, describe(first, cron)
+    broken_log = cron.results / "broken" / "logs" / "ingest.log"
+    assert "run FAILED" in first.stdout and str(cron.logs()[-1]) in first.stdout
+    assert str(broken_log) in first.stdout, first.stdout
+    assert broken_log.exists()
+    assert cron.complete("e")
+
+    write_volume(cron.inputs / "f.tif", seed=5)
+    settle()
+    second = cron.run()
+    assert second.returncode != 0, describe(second, cron)
+    assert jobs_in(cron.last_log()) == expand_jobs(ALL_RULES, ["f"]) | {("ingest", "broken")}
+    assert cron.complete("f")
+
+
+def test_usage_errors_exit_2(cron: Cron) -> None:
+    result = subprocess.run([str(cron.script)], env=cron.env, capture_output=True, text=True)
+    assert result.returncode == 2 and "crontab" in result.stderr
+    result = subprocess.run([*cron.command(), "--", "--configfile", "x.yaml"], env=cron.env,
+                            capture_output=True, text=True)
+    assert result.returncode == 2 and "N2VPIPE_CONFIGFILE" in result.stderr
