@@ -1,0 +1,122 @@
+"""Ingest throughput and peak memory: n2vpipe's ingest against a plain tifffile read + zarr write.
+
+Each method runs in its own subprocess (peak RSS from getrusage), side by side in one run,
+on synthetic uint16 TIFF stacks of growing size. Writes results/ingest.json, .md and .png.
+
+    python benchmarks/ingest_throughput.py [--sizes 64x512x512 128x1024x1024 ...] [--threads 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import tifffile
+
+RESULTS = Path(__file__).parent / "results"
+CHUNKS = {"z": 32, "y": 256, "x": 256}
+
+PLAIN = """
+import sys, numcodecs, tifffile, zarr
+src, dst = sys.argv[1], sys.argv[2]
+data = tifffile.imread(src)
+codec = numcodecs.Blosc(cname="zstd", clevel=5, shuffle=numcodecs.Blosc.BITSHUFFLE)
+out = zarr.create_array(dst, shape=data.shape, chunks=(32, 256, 256), dtype=data.dtype, compressors=codec,
+                        zarr_format=2, chunk_key_encoding={"name": "v2", "separator": "/"})
+out[:] = data
+"""
+
+N2VPIPE = """
+import sys
+from n2vpipe.ingest import ingest_tiff
+ingest_tiff(sys.argv[1], sys.argv[2], {"z": 32, "y": 256, "x": 256}, threads=int(sys.argv[3]))
+"""
+
+
+def make_stack(path: Path, shape: tuple[int, int, int], seed: int = 0) -> None:
+    """Write a noisy uint16 stack plane by plane (never whole in memory)."""
+    rng = np.random.default_rng(seed)
+    planes = (rng.poisson(100 + 50 * np.sin(z / 5), size=shape[1:]).astype(np.uint16) for z in range(shape[0]))
+    tifffile.imwrite(path, planes, shape=shape, dtype=np.uint16, bigtiff=True, imagej=False)
+
+
+def run(code: str, *args: str) -> tuple[float, float]:
+    """Wall seconds and peak RSS (MiB) of ``python -c code args`` in a fresh process."""
+    report = "\nimport resource; print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)"
+    start = time.perf_counter()
+    done = subprocess.run([sys.executable, "-c", code + report, *args], check=True, capture_output=True, text=True)
+    wall = time.perf_counter() - start
+    return wall, int(done.stdout.split()[-1]) / 1024
+
+
+def parse_shape(text: str) -> tuple[int, int, int]:
+    """``64x512x512`` → (64, 512, 512)."""
+    z, y, x = (int(v) for v in text.lower().split("x"))
+    return z, y, x
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sizes", nargs="+", default=["64x512x512", "128x1024x1024", "256x2048x2048"])
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args()
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for text in args.sizes:
+            shape = parse_shape(text)
+            src = Path(tmp) / f"{text}.tif"
+            make_stack(src, shape)
+            megabytes = float(np.prod(shape)) * 2 / 1e6
+            plain_s, plain_mib = run(PLAIN, str(src), str(Path(tmp) / f"plain-{text}.zarr"))
+            ours_s, ours_mib = run(N2VPIPE, str(src), str(Path(tmp) / f"n2vpipe-{text}.ome.zarr"),
+                                   str(args.threads))
+            rows.append({"shape": list(shape), "input_MB": round(megabytes, 1),
+                         "plain_s": round(plain_s, 2), "plain_peak_rss_MiB": round(plain_mib),
+                         "n2vpipe_s": round(ours_s, 2), "n2vpipe_peak_rss_MiB": round(ours_mib),
+                         "throughput_ratio": round(plain_s / ours_s, 3)})
+            print(rows[-1], flush=True)
+    machine = f"{platform.processor() or platform.machine()}, {args.threads} threads, {platform.system()}"
+    write_results(rows, machine)
+
+
+def write_results(rows: list[dict], machine: str) -> None:
+    """JSON, a markdown table and a plot under benchmarks/results/."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / "ingest.json").write_text(json.dumps({"machine": machine, "rows": rows}, indent=2) + "\n")
+    lines = [f"# Ingest: n2vpipe vs plain tifffile read + zarr write ({machine})", "",
+             "| shape | input MB | plain s | plain peak RSS MiB | n2vpipe s | n2vpipe peak RSS MiB | "
+             "throughput n2vpipe / plain |", "|---|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {'x'.join(map(str, r['shape']))} | {r['input_MB']} | {r['plain_s']} | "
+                     f"{r['plain_peak_rss_MiB']} | {r['n2vpipe_s']} | {r['n2vpipe_peak_rss_MiB']} | "
+                     f"{r['throughput_ratio']:.2f} |")
+    (RESULTS / "ingest.md").write_text("\n".join(lines) + "\n")
+    sizes = [r["input_MB"] for r in rows]
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
+    left.plot(sizes, [r["input_MB"] / r["plain_s"] for r in rows], "o-", label="plain tifffile + zarr")
+    left.plot(sizes, [r["input_MB"] / r["n2vpipe_s"] for r in rows], "o-", label="n2vpipe ingest")
+    left.set(xlabel="input size (MB)", ylabel="throughput (MB/s)", xscale="log")
+    right.plot(sizes, [r["plain_peak_rss_MiB"] for r in rows], "o-", label="plain tifffile + zarr")
+    right.plot(sizes, [r["n2vpipe_peak_rss_MiB"] for r in rows], "o-", label="n2vpipe ingest")
+    right.set(xlabel="input size (MB)", ylabel="peak RSS (MiB)", xscale="log", yscale="log")
+    for ax in (left, right):
+        ax.legend()
+    fig.suptitle(machine)
+    fig.tight_layout()
+    fig.savefig(RESULTS / "ingest.png", dpi=100)
+
+
+if __name__ == "__main__":
+    main()
