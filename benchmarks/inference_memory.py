@@ -10,7 +10,6 @@ time, voxels/s and peak RSS. Writes results/inference_memory.json, .md and .png.
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import subprocess
 import sys
@@ -21,10 +20,10 @@ from pathlib import Path
 import numpy as np
 import tifffile
 
+from common import parse_shape, save_results
 from n2vpipe.ingest import ingest_tiff
 from n2vpipe.train import TrainConfig, train_n2v
 
-RESULTS = Path(__file__).parent / "results"
 BLOCK = {"z": 32, "y": 256, "x": 256}
 PREDICT = """
 import resource, sys
@@ -33,11 +32,6 @@ predict_volume(sys.argv[1], sys.argv[2], sys.argv[3], {"z": 32, "y": 256, "x": 2
 print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
 """
 
-
-def parse_shape(text: str) -> tuple[int, int, int]:
-    """``64x512x512`` → (64, 512, 512)."""
-    z, y, x = (int(v) for v in text.lower().split("x"))
-    return z, y, x
 
 
 def main() -> None:
@@ -64,8 +58,9 @@ def main() -> None:
                                   check=True, capture_output=True, text=True)
             wall = time.perf_counter() - start
             voxels = int(np.prod(shape))
+            peak_mib = round(int(done.stdout.split()[-1]) / 1024)
             rows.append({"shape": list(shape), "voxels": voxels, "wall_s": round(wall, 1),
-                         "voxels_per_s": round(voxels / wall), "peak_rss_MiB": round(int(done.stdout.split()[-1]) / 1024)})
+                         "voxels_per_s": round(voxels / wall), "peak_rss_MiB": peak_mib})
             print(rows[-1], flush=True)
     machine = f"{platform.machine()}, {args.threads} threads; U-Net depth 2, {args.filters} filters, block 32x256x256"
     write_results(rows, machine)
@@ -78,19 +73,17 @@ def write_results(rows: list[dict], machine: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "inference_memory.json").write_text(json.dumps({"machine": machine, "rows": rows}, indent=2) + "\n")
     lines = [f"# Inference memory and throughput vs volume size ({machine})", "",
              "| shape | voxels | wall s (incl. start-up) | voxels/s | peak RSS MiB |", "|---|---|---|---|---|"]
     lines += [f"| {'x'.join(map(str, r['shape']))} | {r['voxels']} | {r['wall_s']} | {r['voxels_per_s']} | "
               f"{r['peak_rss_MiB']} |" for r in rows]
-    (RESULTS / "inference_memory.md").write_text("\n".join(lines) + "\n")
+    png = save_results("inference_memory", machine, rows, lines)
     fig, ax = plt.subplots(figsize=(5, 4))
     ax.plot([r["voxels"] for r in rows], [r["peak_rss_MiB"] for r in rows], "o-")
     ax.set(xlabel="volume (voxels)", ylabel="peak RSS (MiB)", xscale="log", ylim=(0, None))
     ax.set_title("n2vpipe inference peak memory")
     fig.tight_layout()
-    fig.savefig(RESULTS / "inference_memory.png", dpi=100)
+    fig.savefig(png, dpi=100)
 
 
 if __name__ == "__main__":

@@ -9,7 +9,6 @@ on synthetic uint16 TIFF stacks of growing size. Writes results/ingest.json, .md
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import subprocess
 import sys
@@ -20,7 +19,8 @@ from pathlib import Path
 import numpy as np
 import tifffile
 
-RESULTS = Path(__file__).parent / "results"
+from common import parse_shape, save_results
+
 CHUNKS = {"z": 32, "y": 256, "x": 256}
 
 PLAIN = """
@@ -56,11 +56,6 @@ def run(code: str, *args: str) -> tuple[float, float]:
     return wall, int(done.stdout.split()[-1]) / 1024
 
 
-def parse_shape(text: str) -> tuple[int, int, int]:
-    """``64x512x512`` → (64, 512, 512)."""
-    z, y, x = (int(v) for v in text.lower().split("x"))
-    return z, y, x
-
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -93,8 +88,6 @@ def write_results(rows: list[dict], machine: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "ingest.json").write_text(json.dumps({"machine": machine, "rows": rows}, indent=2) + "\n")
     lines = [f"# Ingest: n2vpipe vs plain tifffile read + zarr write ({machine})", "",
              "| shape | input MB | plain s | plain peak RSS MiB | n2vpipe s | n2vpipe peak RSS MiB | "
              "throughput n2vpipe / plain |", "|---|---|---|---|---|---|---|"]
@@ -102,7 +95,7 @@ def write_results(rows: list[dict], machine: str) -> None:
         lines.append(f"| {'x'.join(map(str, r['shape']))} | {r['input_MB']} | {r['plain_s']} | "
                      f"{r['plain_peak_rss_MiB']} | {r['n2vpipe_s']} | {r['n2vpipe_peak_rss_MiB']} | "
                      f"{r['throughput_ratio']:.2f} |")
-    (RESULTS / "ingest.md").write_text("\n".join(lines) + "\n")
+    png = save_results("ingest", machine, rows, lines)
     sizes = [r["input_MB"] for r in rows]
     fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
     left.plot(sizes, [r["input_MB"] / r["plain_s"] for r in rows], "o-", label="plain tifffile + zarr")
@@ -115,7 +108,7 @@ def write_results(rows: list[dict], machine: str) -> None:
         ax.legend()
     fig.suptitle(machine)
     fig.tight_layout()
-    fig.savefig(RESULTS / "ingest.png", dpi=100)
+    fig.savefig(png, dpi=100)
 
 
 if __name__ == "__main__":
