@@ -41,7 +41,7 @@ def test_receptive_reach_bounds_the_measured_influence(spec: UNetSpec) -> None:
             parameter.copy_(parameter.abs() + 0.01)
     grid = total_downsampling(spec)
     reach = receptive_reach(spec)
-    size = tuple(2 * (r + g) * 1 + (-(2 * (r + g))) % g for r, g in zip(reach, grid))
+    size = tuple(-(-2 * (r + g) // g) * g for r, g in zip(reach, grid))  # 2 * (reach + grid), on the grid
     x = torch.rand(1, 1, *size, requires_grad=True)
     centre = tuple(s // 2 for s in size)
     model(x)[(0, 0, *centre)].backward()
