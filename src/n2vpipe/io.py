@@ -75,6 +75,15 @@ class ImageMeta:
         """Length along ``axis``, 1 when the axis is absent."""
         return self.shape[self.axes.index(axis)] if axis in self.axes else 1
 
+    def key(self, t: int, c: int, start: Sequence[int], stop: Sequence[int]) -> tuple[Any, ...]:
+        """Index into a canonical array: one time point, one channel, a spatial box ``[start, stop)``."""
+        spatial = iter(zip(start, stop))
+        return tuple(t if a == "t" else c if a == "c" else slice(*next(spatial)) for a in self.axes)
+
+    def spatial_chunks(self, chunks: Sequence[int]) -> tuple[int, ...]:
+        """The spatial entries of a chunk shape given in canonical order."""
+        return tuple(c for a, c in zip(self.axes, chunks) if a in SPATIAL_AXES)
+
 
 def acquisition_name(path: Path) -> str:
     """Name of the acquisition stored at ``path``: the file name without TIFF suffixes."""

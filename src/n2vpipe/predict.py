@@ -78,19 +78,11 @@ def plan_blocks(meta: ImageMeta, block_shape: tuple[int, ...], chunks: tuple[int
     return blocks
 
 
-def _index(meta: ImageMeta, t: int, c: int, spatial: tuple[slice, ...]) -> tuple:
-    """Canonical-order index for one time point, one channel and spatial slices."""
-    key, rest = [], iter(spatial)
-    for axis in meta.axes:
-        key.append(t if axis == "t" else c if axis == "c" else next(rest))
-    return tuple(key)
-
-
 def read_with_halo(array: zarr.Array, meta: ImageMeta, block: Block, halo: tuple[int, ...]) -> np.ndarray:
     """Read ``block`` grown by ``halo`` on each side, reflect-padding what lies outside the volume."""
     lo = [max(0, s - h) for s, h in zip(block.start, halo)]
     hi = [min(n, e + h) for e, h, n in zip(block.stop, halo, meta.spatial_shape)]
-    data = np.asarray(array[_index(meta, block.t, block.c, tuple(slice(a, b) for a, b in zip(lo, hi)))])
+    data = np.asarray(array[meta.key(block.t, block.c, lo, hi)])
     pad = [(a - (s - h), (e + h) - b) for a, b, s, e, h in zip(lo, hi, block.start, block.stop, halo)]
     return np.pad(data, pad, mode="reflect") if any(p for pair in pad for p in pair) else data
 
@@ -187,7 +179,7 @@ def predict_volume(raw_zarr: Path, model_dir: Path, dst: Path, block_shape: Mapp
         def process(item: Block) -> None:
             result = predict_block(array, meta, model, description.normalisation, item, halo, grid, torch_device,
                                    compute_lock)
-            target[_index(meta, item.t, item.c, tuple(slice(a, b) for a, b in zip(item.start, item.stop)))] = result
+            target[meta.key(item.t, item.c, item.start, item.stop)] = result
             (done_dir / item.name).touch()
 
         tasks = [dask.delayed(process)(item, dask_key_name=f"block-{item.name}") for item in pending]

@@ -133,21 +133,6 @@ def split_regions(shape: tuple[int, ...], patch: tuple[int, ...], fraction: floa
     return Region(whole.start, tuple(train_stop)), Region(tuple(val_start), tuple(shape))
 
 
-def _channel_key(meta: ImageMeta, t: int, c: int, region: Region) -> tuple[Any, ...]:
-    """Index into a canonical array for one time point, one channel and a spatial region."""
-    key: list[Any] = []
-    spatial = iter(zip(region.start, region.stop))
-    for axis in meta.axes:
-        if axis == "t":
-            key.append(t)
-        elif axis == "c":
-            key.append(c)
-        else:
-            start, stop = next(spatial)
-            key.append(slice(start, stop))
-    return tuple(key)
-
-
 def estimate_normalisation(array: zarr.Array, meta: ImageMeta, rng: np.random.Generator,
                            max_chunks: int = 64, samples_per_chunk: int = 4096) -> Normalisation:
     """Per-channel mean and std from voxels sampled over the whole volume.
@@ -155,7 +140,7 @@ def estimate_normalisation(array: zarr.Array, meta: ImageMeta, rng: np.random.Ge
     Up to ``max_chunks`` random chunks per channel are read; values beyond the
     0.01st / 99.99th percentiles (hot pixels, saturated spots) are left out.
     """
-    spatial_chunks = [c for a, c in zip(meta.axes, array.chunks) if a in "zyx"]
+    spatial_chunks = meta.spatial_chunks(array.chunks)
     grid = [math.ceil(s / c) for s, c in zip(meta.spatial_shape, spatial_chunks)]
     means, stds = [], []
     for channel in range(meta.size("c")):
@@ -165,7 +150,7 @@ def estimate_normalisation(array: zarr.Array, meta: ImageMeta, rng: np.random.Ge
             index = [int(rng.integers(g)) for g in grid]
             start = tuple(i * c for i, c in zip(index, spatial_chunks))
             stop = tuple(min(s + c, n) for s, c, n in zip(start, spatial_chunks, meta.spatial_shape))
-            block = np.asarray(array[_channel_key(meta, t, channel, Region(start, stop))]).ravel()
+            block = np.asarray(array[meta.key(t, channel, start, stop)]).ravel()
             values.append(rng.choice(block, size=min(samples_per_chunk, block.size), replace=False))
         sample = np.concatenate(values).astype(np.float64)
         low, high = np.percentile(sample, [0.01, 99.99])
@@ -187,8 +172,8 @@ class PatchPool:
                  rng: np.random.Generator) -> None:
         self.array, self.meta, self.region, self.patch = array, meta, region, patch
         self.normalisation, self.refresh_every, self.rng = normalisation, refresh_every, rng
-        chunks = [c for a, c in zip(meta.axes, array.chunks) if a in "zyx"]
-        self.chunks = tuple(chunks)
+        chunks = meta.spatial_chunks(array.chunks)
+        self.chunks = chunks
         self.tile_shape = tuple(
             min(r, max(p, math.ceil(2 * p / c) * c)) for r, p, c in zip(region.shape, patch, chunks)
         )
@@ -205,7 +190,7 @@ class PatchPool:
         box = Region(tuple(origin), tuple(o + s for o, s in zip(origin, self.tile_shape)))
         t = int(self.rng.integers(self.meta.size("t")))
         channel = int(self.rng.integers(self.meta.size("c")))
-        tile = np.asarray(self.array[_channel_key(self.meta, t, channel, box)])
+        tile = np.asarray(self.array[self.meta.key(t, channel, box.start, box.stop)])
         return self.normalisation.apply(tile, channel)
 
     def sample(self, count: int) -> np.ndarray:
