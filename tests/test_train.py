@@ -1,8 +1,9 @@
-"""Training: a real (tiny) run on a zarr, the saved model, resume from a checkpoint."""
+"""Training: a real (tiny) run on a zarr, the saved model, resume, early stopping, structN2V."""
 
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -13,7 +14,7 @@ import torch
 from n2vpipe.ingest import ingest_tiff
 from n2vpipe.io import partial_path
 from n2vpipe.model_io import load_model
-from n2vpipe.train import CHECKPOINT_FILE, TrainConfig, augment, split_regions, train_n2v
+from n2vpipe.train import CHECKPOINT_FILE, TrainConfig, _masked_tensors, augment, split_regions, train_n2v
 from synthetic import poisson_gaussian, smooth_blobs
 
 TINY = dict(patch={"z": 8, "y": 32, "x": 32}, batch_size=2, base_filters=4, validate_every=2,
@@ -58,13 +59,16 @@ def test_same_seed_gives_identical_weights_on_cpu(raw_zarr: Path, tmp_path: Path
     assert all(torch.equal(first[k], second[k]) for k in first)
 
 
-def test_interrupted_training_resumes_from_its_checkpoint(raw_zarr: Path, tmp_path: Path) -> None:
+def test_interrupted_training_resumes_from_its_checkpoint(raw_zarr: Path, tmp_path: Path,
+                                                         caplog: pytest.LogCaptureFixture) -> None:
     """A run stopped after step 3 leaves a checkpoint; the next run continues from step 3."""
     with pytest.raises(KeyboardInterrupt):
-        _train_and_interrupt_after_checkpoint(raw_zarr, tmp_path / "model")
+        _train_and_interrupt_after_checkpoint(raw_zarr, tmp_path / "model", TrainConfig(steps=6, **TINY))
     partial = partial_path(tmp_path / "model")
     assert (partial / CHECKPOINT_FILE).exists() and not (tmp_path / "model").exists()
-    train_n2v(raw_zarr, tmp_path / "model", TrainConfig(steps=6, **TINY))
+    with caplog.at_level(logging.INFO, logger="n2vpipe.train"):
+        train_n2v(raw_zarr, tmp_path / "model", TrainConfig(steps=6, **TINY))
+    assert f"resuming from {partial_path(tmp_path / 'model') / CHECKPOINT_FILE} at step 3" in caplog.text
     steps = [int(line.split(",")[0]) for line in (tmp_path / "model" / "training_log.csv").read_text().split()[1:]]
     assert steps == [2, 4, 6], "log continues after the checkpoint at step 3 instead of restarting"
     assert json.loads((tmp_path / "model" / "model.json").read_text())["history"]["steps_done"] == 6
@@ -72,13 +76,13 @@ def test_interrupted_training_resumes_from_its_checkpoint(raw_zarr: Path, tmp_pa
 
 def test_checkpoint_from_other_settings_is_not_resumed(raw_zarr: Path, tmp_path: Path) -> None:
     with pytest.raises(KeyboardInterrupt):
-        _train_and_interrupt_after_checkpoint(raw_zarr, tmp_path / "model")
+        _train_and_interrupt_after_checkpoint(raw_zarr, tmp_path / "model", TrainConfig(steps=6, **TINY))
     train_n2v(raw_zarr, tmp_path / "model", TrainConfig(steps=4, learning_rate=1e-3, **TINY))
     steps = [int(line.split(",")[0]) for line in (tmp_path / "model" / "training_log.csv").read_text().split()[1:]]
     assert steps == [2, 4], "an edited config must train from scratch"
 
 
-def _train_and_interrupt_after_checkpoint(raw_zarr: Path, model_dir: Path) -> None:
+def _train_and_interrupt_after_checkpoint(raw_zarr: Path, model_dir: Path, config: TrainConfig) -> None:
     """Run training and raise KeyboardInterrupt right after the first checkpoint is written."""
     import n2vpipe.train as train_module
 
@@ -90,7 +94,7 @@ def _train_and_interrupt_after_checkpoint(raw_zarr: Path, model_dir: Path) -> No
 
     train_module._save_checkpoint = save_then_interrupt
     try:
-        train_n2v(raw_zarr, model_dir, TrainConfig(steps=6, **TINY))
+        train_n2v(raw_zarr, model_dir, config)
     finally:
         train_module._save_checkpoint = original
 
@@ -114,3 +118,74 @@ def test_augmentation_never_mixes_z() -> None:
 def test_unknown_training_settings_are_rejected() -> None:
     with pytest.raises(ValueError, match="unknown training settings: stpes"):
         TrainConfig.from_mapping({"stpes": 10})
+
+
+def _log_rows(model_dir: Path) -> list[dict[str, float]]:
+    """The training log as numbers, one dict per row."""
+    lines = (model_dir / "training_log.csv").read_text().split()
+    header = lines[0].split(",")
+    return [dict(zip(header, map(float, line.split(",")))) for line in lines[1:]]
+
+
+def _history(model_dir: Path) -> dict:
+    return json.loads((model_dir / "model.json").read_text())["history"]
+
+
+def test_early_stopping_saves_the_weights_of_the_best_validation(raw_zarr: Path, tmp_path: Path) -> None:
+    settings = {**TINY, "steps": 200, "lr_schedule": "constant", "early_stopping_patience": 2}
+    train_n2v(raw_zarr, tmp_path / "stopped", TrainConfig(**settings))
+    history, rows = _history(tmp_path / "stopped"), _log_rows(tmp_path / "stopped")
+    best_row = min(rows, key=lambda row: row["val_loss"])
+    assert history["stopped_by"] == "early_stopping" and history["steps_done"] < 200
+    assert history["best_step"] == best_row["step"] and history["best_val_loss"] == pytest.approx(best_row["val_loss"])
+    assert history["steps_done"] == history["best_step"] + 2 * TINY["validate_every"], "patience counts validations"
+    assert {row["learning_rate"] for row in rows} == {TrainConfig().learning_rate}
+    # The same trajectory stopped by the step budget at best_step ends on the weights early stopping kept.
+    train_n2v(raw_zarr, tmp_path / "cut", TrainConfig(**{**settings, "steps": history["best_step"]}))
+    assert _history(tmp_path / "cut")["stopped_by"] == "steps"
+    kept = torch.load(tmp_path / "stopped" / "weights.pt", weights_only=True)
+    cut = torch.load(tmp_path / "cut" / "weights.pt", weights_only=True)
+    assert all(torch.equal(kept[k], cut[k]) for k in kept)
+
+
+def test_best_weights_survive_a_resume_from_the_checkpoint(raw_zarr: Path, tmp_path: Path) -> None:
+    """Interrupted after the last step's checkpoint, the resumed run saves the best weights that checkpoint holds."""
+    config = TrainConfig(steps=6, **{**TINY, "learning_rate": 4e-3, "validate_every": 1, "checkpoint_every": 6})
+    with pytest.raises(KeyboardInterrupt):
+        _train_and_interrupt_after_checkpoint(raw_zarr, tmp_path / "model", config)
+    checkpoint = torch.load(partial_path(tmp_path / "model") / CHECKPOINT_FILE, weights_only=True)
+    assert checkpoint["step"] == 6
+    assert checkpoint["best"]["step"] < 6, "test setup: these settings must have their best validation before the end"
+    train_n2v(raw_zarr, tmp_path / "model", config)
+    history, rows = _history(tmp_path / "model"), _log_rows(tmp_path / "model")
+    assert history["best_step"] == checkpoint["best"]["step"] == min(rows, key=lambda row: row["val_loss"])["step"]
+    saved = torch.load(tmp_path / "model" / "weights.pt", weights_only=True)
+    assert all(torch.equal(saved[k], checkpoint["best"]["weights"][k]) for k in saved)
+    assert not all(torch.equal(saved[k], checkpoint["model"][k]) for k in saved)
+
+
+def test_struct_mask_hides_more_input_pixels_than_the_loss_sees() -> None:
+    batch = np.random.default_rng(0).permutation(2 * 8 * 32 * 32).reshape(2, 8, 32, 32).astype(np.float32)
+    config = TrainConfig(masked_fraction=0.01, struct_mask=[[1, 1, 1, 1, 1]])
+    inputs, targets, masks = _masked_tensors(batch, config, np.random.default_rng(1), torch.device("cpu"))
+    changed = int((inputs != targets).sum())
+    assert masks.sum() > 0 and changed > 2 * int(masks.sum())
+
+
+def test_struct_n2v_training_resumes_with_its_mask(raw_zarr: Path, tmp_path: Path,
+                                                   caplog: pytest.LogCaptureFixture) -> None:
+    """The nested-list mask survives the tensors-only checkpoint, so the resumed run keeps its progress."""
+    config = TrainConfig(steps=6, struct_mask=[[1, 1, 1, 1, 1]], **TINY)
+    with pytest.raises(KeyboardInterrupt):
+        _train_and_interrupt_after_checkpoint(raw_zarr, tmp_path / "model", config)
+    with caplog.at_level(logging.INFO, logger="n2vpipe.train"):
+        train_n2v(raw_zarr, tmp_path / "model", config)
+    assert f"resuming from {partial_path(tmp_path / 'model') / CHECKPOINT_FILE} at step 3" in caplog.text
+    assert [row["step"] for row in _log_rows(tmp_path / "model")] == [2, 4, 6]
+    assert json.loads((tmp_path / "model" / "model.json").read_text())["training"]["struct_mask"] == [[1, 1, 1, 1, 1]]
+
+
+def test_bad_struct_mask_fails_before_training(raw_zarr: Path, tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="odd size"):
+        train_n2v(raw_zarr, tmp_path / "model", TrainConfig(steps=2, struct_mask=[[1, 1, 1, 1]], **TINY))
+    assert not partial_path(tmp_path / "model").exists()

@@ -2,9 +2,11 @@
 
 Patches come from a bounded pool of chunk-aligned tiles read from the zarr, so
 memory is fixed by the config, not by the volume. Validation uses a spatially
-disjoint slab at the end of the longest axis. A checkpoint (weights, optimizer,
-scheduler, RNG states, step) is written every ``checkpoint_every`` steps; a run
-started again on the same partial model folder resumes from it.
+disjoint slab at the end of the longest axis; the weights with the lowest
+validation loss are the ones saved, and training can stop early once it stops
+improving. A checkpoint (weights, best weights, optimizer, scheduler, RNG
+states, step) is written every ``checkpoint_every`` steps; a run started again
+on the same partial model folder resumes from it.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ import zarr
 from tqdm import tqdm
 
 from n2vpipe.io import ImageMeta, atomic_output, open_ome_zarr
-from n2vpipe.masking import mask_batch
+from n2vpipe.masking import mask_batch, struct_offsets
 from n2vpipe.model_io import ModelDescription, Normalisation, save_model
 from n2vpipe.qc import plot_training_log
 from n2vpipe.unet import UNet, UNetSpec, anisotropic_pooling, memory_format, total_downsampling
@@ -64,6 +66,10 @@ class TrainConfig:
     device: Literal["auto", "cpu", "cuda"] = "auto"
     pool_tiles: int = 8
     tile_refresh_every: int = 4
+    struct_mask: list[list[int]] | list[list[list[int]]] | None = None
+    early_stopping_patience: int = 0
+    early_stopping_min_delta: float = 0.0
+    lr_schedule: Literal["cosine", "constant"] = "cosine"
 
     @classmethod
     def from_mapping(cls, values: Mapping[str, Any]) -> TrainConfig:
@@ -239,25 +245,68 @@ def build_spec(config: TrainConfig, meta: ImageMeta) -> UNetSpec:
                     batch_norm=config.batch_norm, pooling=pooling)
 
 
+def build_scheduler(optimizer: torch.optim.Optimizer, config: TrainConfig) -> torch.optim.lr_scheduler.LRScheduler:
+    """Cosine decay to 5 % of the learning rate over ``steps``, or a constant learning rate."""
+    if config.lr_schedule == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=config.steps,
+                                                          eta_min=config.learning_rate * 0.05)
+    if config.lr_schedule == "constant":
+        return torch.optim.lr_scheduler.ConstantLR(optimizer, factor=1.0, total_iters=0)
+    raise ValueError(f"unknown learning-rate schedule {config.lr_schedule!r}")
+
+
+@dataclass
+class BestValidation:
+    """The lowest validation loss so far, its step and a copy of its weights, for early stopping.
+
+    ``stale`` counts the validations since the loss last fell more than
+    ``min_delta`` below the best before it.
+    """
+
+    min_delta: float
+    step: int | None = None
+    loss: float = math.inf
+    weights: dict[str, torch.Tensor] | None = None
+    stale: int = 0
+
+    def record(self, step: int, loss: float, model: UNet) -> None:
+        """Take one validation loss (NaN counts as no improvement); copy the weights when it is the lowest."""
+        self.stale = 0 if loss < self.loss - self.min_delta else self.stale + 1
+        if loss < self.loss:
+            self.step, self.loss = step, loss
+            self.weights = {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+    def state_dict(self) -> dict[str, Any]:
+        """Checkpoint form: tensors and plain values only."""
+        return {"step": self.step, "loss": self.loss, "weights": self.weights, "stale": self.stale}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Inverse of :meth:`state_dict`."""
+        self.step, self.loss, self.stale = state["step"], state["loss"], state["stale"]
+        self.weights = state["weights"]
+
+
 def _masked_tensors(batch: np.ndarray, config: TrainConfig, rng: np.random.Generator,
                     device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Network input, target and mask tensors of shape ``(B, 1, *spatial)``."""
     replacement = "median" if config.variant == "n2v2" else "uniform"
-    inputs, masks = mask_batch(batch, config.masked_fraction, config.neighbour_radius, replacement, rng)
+    inputs, masks = mask_batch(batch, config.masked_fraction, config.neighbour_radius, replacement, rng,
+                               struct_mask=config.struct_mask)
     layout = memory_format(batch.ndim - 1)
-    return tuple(torch.from_numpy(np.ascontiguousarray(a)).unsqueeze(1).to(device, memory_format=layout)
+    return tuple(torch.from_numpy(np.ascontiguousarray(a)).unsqueeze(1).contiguous(memory_format=layout).to(device)
                  for a in (inputs, batch, masks.astype(np.float32)))
 
 
 def _save_checkpoint(path: Path, step: int, model: UNet, optimizer: torch.optim.Optimizer,
                      scheduler: torch.optim.lr_scheduler.LRScheduler, rng: np.random.Generator,
-                     elapsed: float, config: TrainConfig) -> None:
+                     elapsed: float, config: TrainConfig, best: BestValidation) -> None:
     """Write a resumable checkpoint atomically (tensors and plain values only)."""
     state = {
         "config": config.to_dict(),
         "step": step,
         "elapsed_s": elapsed,
         "model": model.state_dict(),
+        "best": best.state_dict(),
         "optimizer": optimizer.state_dict(),
         "scheduler": scheduler.state_dict(),
         "numpy_rng": rng.bit_generator.state,
@@ -270,7 +319,7 @@ def _save_checkpoint(path: Path, step: int, model: UNet, optimizer: torch.optim.
 
 def _resume(checkpoint: Path, config: TrainConfig, model: UNet, optimizer: torch.optim.Optimizer,
             scheduler: torch.optim.lr_scheduler.LRScheduler, rng: np.random.Generator,
-            device: torch.device) -> tuple[int, float]:
+            best: BestValidation, device: torch.device) -> tuple[int, float]:
     """Restore state from ``checkpoint`` if it was written with the same settings.
 
     Returns the step and elapsed seconds to continue from; ``(0, 0.0)`` for a fresh start.
@@ -286,6 +335,7 @@ def _resume(checkpoint: Path, config: TrainConfig, model: UNet, optimizer: torch
     model.load_state_dict(state["model"])
     optimizer.load_state_dict(state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])
+    best.load_state_dict(state["best"])
     rng.bit_generator.state = state["numpy_rng"]
     torch.set_rng_state(state["torch_rng"])
     log.info("resuming from %s at step %d", checkpoint, state["step"])
@@ -307,8 +357,13 @@ def _validation_loss(model: UNet, val_batch: tuple[torch.Tensor, torch.Tensor, t
 def train_n2v(zarr_path: Path, model_dir: Path, config: TrainConfig, threads: int = 1) -> ModelDescription:
     """Train a Noise2Void model on the OME-Zarr at ``zarr_path``; write it to ``model_dir``.
 
-    The folder appears only when training has finished (step budget, or the
-    ``max_minutes`` wall-time budget: the model at that point is the one saved).
+    The folder appears only when training has finished: step budget, the
+    ``max_minutes`` wall-time budget, or early stopping (``early_stopping_patience``
+    validations in a row without the validation loss falling more than
+    ``early_stopping_min_delta`` below its best). When there is a validation
+    region, the weights saved are those with the lowest validation loss, not
+    the last ones; the history records ``best_step``, ``best_val_loss`` and
+    ``stopped_by`` (``steps``, ``max_minutes`` or ``early_stopping``).
     """
     torch.set_num_threads(max(1, threads))
     torch.manual_seed(config.seed)
@@ -316,6 +371,8 @@ def train_n2v(zarr_path: Path, model_dir: Path, config: TrainConfig, threads: in
     device = select_device(config.device)
     array, meta = open_ome_zarr(zarr_path)
     spec = build_spec(config, meta)
+    if config.struct_mask is not None:
+        struct_offsets(config.struct_mask, spec.ndim)
     patch = effective_patch(meta, config, total_downsampling(spec))
     normalisation = estimate_normalisation(array, meta, rng)
     train_region, val_region = split_regions(meta.spatial_shape, patch, config.validation_fraction)
@@ -328,16 +385,21 @@ def train_n2v(zarr_path: Path, model_dir: Path, config: TrainConfig, threads: in
         val_pool = PatchPool(array, meta, val_region, patch, normalisation, 2, 1, np.random.default_rng(config.seed + 1))
         val_batch = _masked_tensors(val_pool.sample(config.validation_patches), config,
                                     np.random.default_rng(config.seed + 2), device)
+    elif config.early_stopping_patience:
+        log.warning("early stopping is off: the volume is too small to hold out a validation region")
     model = UNet(spec).to(device, memory_format=memory_format(spec.ndim))
     optimizer = torch.optim.Adam(model.parameters(), lr=config.learning_rate)
-    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=config.steps,
-                                                           eta_min=config.learning_rate * 0.05)
+    scheduler = build_scheduler(optimizer, config)
+    best = BestValidation(config.early_stopping_min_delta)
     with atomic_output(model_dir, keep_partial_on_error=True) as partial:
         partial.mkdir(parents=True, exist_ok=True)
         checkpoint = partial / CHECKPOINT_FILE
-        step, elapsed_before = _resume(checkpoint, config, model, optimizer, scheduler, rng, device)
+        step, elapsed_before = _resume(checkpoint, config, model, optimizer, scheduler, rng, best, device)
         history = _run_steps(model, optimizer, scheduler, pool, val_batch, config, rng, device, partial,
-                             step, elapsed_before)
+                             step, elapsed_before, best)
+        if best.weights is not None:
+            model.load_state_dict(best.weights)
+            log.info("keeping the weights of step %d (lowest validation loss %.4f)", best.step, best.loss)
         description = ModelDescription(spec=spec, normalisation=normalisation, spatial_axes=meta.spatial_axes,
                                        training={**config.to_dict(), "effective_patch": list(patch),
                                                  "source": str(zarr_path), "device": str(device)},
@@ -360,8 +422,9 @@ def _truncate_log(log_path: Path, last_step: int) -> None:
 
 def _run_steps(model: UNet, optimizer: torch.optim.Optimizer, scheduler: torch.optim.lr_scheduler.LRScheduler,
                pool: PatchPool, val_batch: Any, config: TrainConfig, rng: np.random.Generator,
-               device: torch.device, folder: Path, first_step: int, elapsed_before: float) -> dict[str, Any]:
-    """The optimisation loop; appends to the CSV log and checkpoints as it goes."""
+               device: torch.device, folder: Path, first_step: int, elapsed_before: float,
+               best: BestValidation) -> dict[str, Any]:
+    """The optimisation loop; appends to the CSV log, tracks the best validation and checkpoints as it goes."""
     log_path = folder / LOG_FILE
     new_log = first_step == 0 or not log_path.exists()
     if not new_log:
@@ -369,7 +432,7 @@ def _run_steps(model: UNet, optimizer: torch.optim.Optimizer, scheduler: torch.o
     started = time.monotonic() - elapsed_before
     stop_reason = "steps"
     model.train()
-    running, running_count = 0.0, 0
+    running, running_count = torch.zeros((), dtype=torch.float64, device=device), 0
     with open(log_path, "w" if new_log else "a", newline="") as handle, tqdm(
         total=config.steps, initial=first_step, desc="train", unit="step", disable=None,
         file=sys.stderr, mininterval=1,
@@ -389,23 +452,33 @@ def _run_steps(model: UNet, optimizer: torch.optim.Optimizer, scheduler: torch.o
             optimizer.step()
             scheduler.step()
             step += 1
-            running += loss.item()
+            running += loss.detach()  # no .item() here: the CPU prepares the next batch while the GPU works
             running_count += 1
             progress.update(1)
             elapsed = time.monotonic() - started
             out_of_time = config.max_minutes > 0 and elapsed > config.max_minutes * 60
             if step % config.validate_every == 0 or step == config.steps or out_of_time:
                 val_loss = _validation_loss(model, val_batch, config.loss)
-                writer.writerow((step, running / running_count, val_loss, scheduler.get_last_lr()[0],
+                train_loss = float(running) / running_count
+                writer.writerow((step, train_loss, val_loss, scheduler.get_last_lr()[0],
                                  round(elapsed, 2)))
                 handle.flush()
-                progress.set_postfix(loss=f"{running / running_count:.4f}", val=f"{val_loss:.4f}")
+                progress.set_postfix(loss=f"{train_loss:.4f}", val=f"{val_loss:.4f}")
                 if progress.disable:
-                    log.info("step %d/%d loss %.4f val %.4f", step, config.steps, running / running_count, val_loss)
-                running, running_count = 0.0, 0
+                    log.info("step %d/%d loss %.4f val %.4f", step, config.steps, train_loss, val_loss)
+                running.zero_()
+                running_count = 0
+                if val_batch is not None:
+                    best.record(step, val_loss, model)
+                if 0 < config.early_stopping_patience <= best.stale:
+                    stop_reason = "early_stopping"
+                    log.info("early stopping at step %d: no improvement in %d validations", step, best.stale)
+                    break
             if step % config.checkpoint_every == 0:
-                _save_checkpoint(folder / CHECKPOINT_FILE, step, model, optimizer, scheduler, rng, elapsed, config)
+                _save_checkpoint(folder / CHECKPOINT_FILE, step, model, optimizer, scheduler, rng, elapsed, config,
+                                 best)
             if out_of_time:
                 stop_reason = "max_minutes"
                 break
-    return {"steps_done": step, "stopped_by": stop_reason, "elapsed_s": round(time.monotonic() - started, 2)}
+    return {"steps_done": step, "stopped_by": stop_reason, "elapsed_s": round(time.monotonic() - started, 2),
+            "best_step": best.step, "best_val_loss": best.loss if best.step is not None else None}
