@@ -8,6 +8,15 @@ from typing import Any
 
 RESULTS = Path(__file__).parent / "results"
 
+PRINT_PEAK_RSS_KIB = (
+    "\nprint(next(int(line.split()[1]) for line in open('/proc/self/status') if line.startswith('VmHWM:')))"
+)
+"""Code to append to a ``python -c`` worker: prints its own peak RSS in KiB (VmHWM).
+
+Not ``ru_maxrss``: on Linux a child keeps its parent's high-water mark through fork and exec,
+so a worker started by a large parent would report the parent's peak.
+"""
+
 
 def parse_shape(text: str) -> tuple[int, int, int]:
     """``64x512x512`` → (64, 512, 512)."""

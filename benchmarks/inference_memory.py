@@ -20,17 +20,16 @@ from pathlib import Path
 import numpy as np
 import tifffile
 
-from common import parse_shape, save_results
+from common import PRINT_PEAK_RSS_KIB, parse_shape, save_results
 from n2vpipe.ingest import ingest_tiff
 from n2vpipe.train import TrainConfig, train_n2v
 
 BLOCK = {"z": 32, "y": 256, "x": 256}
 PREDICT = """
-import resource, sys
+import sys
 from n2vpipe.predict import predict_volume
 predict_volume(sys.argv[1], sys.argv[2], sys.argv[3], {"z": 32, "y": 256, "x": 256}, threads=int(sys.argv[4]))
-print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
-"""
+""" + PRINT_PEAK_RSS_KIB
 
 
 

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import tifffile
 
-from common import parse_shape, save_results
+from common import PRINT_PEAK_RSS_KIB, parse_shape, save_results
 
 CHUNKS = {"z": 32, "y": 256, "x": 256}
 
@@ -49,9 +49,9 @@ def make_stack(path: Path, shape: tuple[int, int, int], seed: int = 0) -> None:
 
 def run(code: str, *args: str) -> tuple[float, float]:
     """Wall seconds and peak RSS (MiB) of ``python -c code args`` in a fresh process."""
-    report = "\nimport resource; print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)"
     start = time.perf_counter()
-    done = subprocess.run([sys.executable, "-c", code + report, *args], check=True, capture_output=True, text=True)
+    done = subprocess.run([sys.executable, "-c", code + PRINT_PEAK_RSS_KIB, *args], check=True, capture_output=True,
+                          text=True)
     wall = time.perf_counter() - start
     return wall, int(done.stdout.split()[-1]) / 1024
 

@@ -10,8 +10,19 @@ import tifffile
 from ome_zarr.io import parse_url
 from ome_zarr.reader import Reader
 
-from n2vpipe.ingest import ingest_tiff
-from n2vpipe.io import InputError, canonical_axes, export_tiff, open_ome_zarr, partial_path
+from ome_zarr.writer import write_image
+
+from n2vpipe.ingest import chunk_shape, ingest_tiff, source_band
+from n2vpipe.io import (
+    ContiguousTiffArray,
+    InputError,
+    canonical_axes,
+    export_tiff,
+    is_ome_zarr,
+    open_ome_zarr,
+    open_tiff_lazy,
+    partial_path,
+)
 
 CHUNKS = {"z": 8, "y": 32, "x": 32}
 
@@ -109,3 +120,42 @@ def test_tiff_export_opens_as_imagej_hyperstack_with_voxel_size(tmp_path: Path) 
         assert tif.imagej_metadata["spacing"] == pytest.approx(0.7)
         assert tif.pages[0].tags["XResolution"].value[0] / tif.pages[0].tags["XResolution"].value[1] == \
             pytest.approx(5.0)
+
+
+def test_uncompressed_files_are_read_by_byte_range_in_either_byte_order(tmp_path: Path) -> None:
+    data = np.random.default_rng(3).integers(0, 60000, size=(3, 2, 40, 24), dtype=np.uint16)
+    for byteorder in ("<", ">"):
+        src = tmp_path / f"stack{byteorder == '>'}.tif"
+        tifffile.imwrite(src, data, byteorder=byteorder, metadata={"axes": "ZCYX"})
+        with open_tiff_lazy(src) as (source, meta, permutation):
+            assert isinstance(source, ContiguousTiffArray) and meta.axes == "czyx"
+            band = source[slice(1, 3), slice(0, 2), slice(5, 21), slice(3, 17)]
+            assert band.dtype == np.uint16 and np.array_equal(band, data[1:3, :, 5:21, 3:17])
+        ingest_tiff(src, tmp_path / f"{src.stem}.ome.zarr", CHUNKS)
+        assert np.array_equal(open_ome_zarr(tmp_path / f"{src.stem}.ome.zarr")[0][:], data.transpose(1, 0, 2, 3))
+
+
+def test_read_bands_are_full_width_rows_rounded_to_the_strip_height(tmp_path: Path) -> None:
+    data = np.random.default_rng(4).integers(0, 4000, size=(12, 100, 60), dtype=np.uint16)
+    tifffile.imwrite(tmp_path / "strips.tif", data, compression="zlib", rowsperstrip=24)
+    with open_tiff_lazy(tmp_path / "strips.tif") as (source, meta, permutation):
+        chunks = chunk_shape(meta, CHUNKS)
+        assert source_band(source.shape, source.chunks, meta, chunks, permutation) == (8, 48, 60)
+    tifffile.imwrite(tmp_path / "plain.tif", data)
+    with open_tiff_lazy(tmp_path / "plain.tif") as (source, meta, permutation):
+        assert source_band(source.shape, source.chunks, meta, chunks, permutation) == (8, 32, 60)
+    ingest_tiff(tmp_path / "strips.tif", tmp_path / "strips.ome.zarr", CHUNKS)
+    assert np.array_equal(open_ome_zarr(tmp_path / "strips.ome.zarr")[0][:], data)
+
+
+def test_ngff_05_images_from_another_writer_open_in_place(tmp_path: Path) -> None:
+    data = np.random.default_rng(5).integers(0, 4000, size=(2, 6, 32, 40), dtype=np.uint16)
+    write_image(data, str(tmp_path / "other.ome.zarr"), axes="czyx", scale_factors=(),
+                scale={"c": 1.0, "z": 2.0, "y": 0.5, "x": 0.5})
+    array, meta = open_ome_zarr(tmp_path / "other.ome.zarr")
+    assert is_ome_zarr(tmp_path / "other.ome.zarr") and not is_ome_zarr(tmp_path)
+    assert (meta.axes, meta.shape, meta.scale) == ("czyx", data.shape, (1.0, 2.0, 0.5, 0.5))
+    assert np.array_equal(array[:], data)
+    (tmp_path / "odd.ome.zarr").mkdir()
+    with pytest.raises(InputError, match="odd.ome.zarr: not an OME-Zarr image"):
+        open_ome_zarr(tmp_path / "odd.ome.zarr")

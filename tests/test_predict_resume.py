@@ -46,6 +46,6 @@ def test_killed_prediction_resumes_and_matches_an_uninterrupted_run(tmp_path: Pa
     assert 8 <= finished_before_kill < 32, finished_before_kill
     assert not killed.exists(), "a killed run must leave nothing that looks finished"
 
-    computed = predict_volume(raw, tmp_path / "model", killed, BLOCK)
+    computed = predict_volume(raw, tmp_path / "model", killed, BLOCK).blocks
     assert computed == 32 - finished_before_kill
     assert np.array_equal(open_ome_zarr(killed)[0][:], open_ome_zarr(reference)[0][:])

@@ -9,8 +9,10 @@ import numpy as np
 import pytest
 import tifffile
 import yaml
+import zarr
 from ome_zarr.io import parse_url
 from ome_zarr.reader import Reader
+from ome_zarr.writer import write_image
 
 from conftest import REPO, run_snakemake
 from n2vpipe.io import open_ome_zarr
@@ -22,8 +24,9 @@ TINY_CONFIG = {
     "ingest": {"chunks": {"z": 16, "y": 32, "x": 32}},
     "train": {"patch": {"z": 16, "y": 32, "x": 32}, "batch_size": 4, "steps": 80, "base_filters": 8,
               "masked_fraction": 0.02, "learning_rate": 0.002, "validate_every": 20, "checkpoint_every": 40},
-    "predict": {"block": {"z": 16, "y": 32, "x": 32}, "pyramid_levels": 2},
+    "predict": {"block": {"z": 16, "y": 32, "x": 32}, "pyramid_levels": 2, "jobs": 2},
     "threads": {"ingest": 1, "train": 2, "predict": 2},
+    "acquisitions": {"twochannel": {"predict": {"output_dtype": "uint16"}}},
 }
 
 
@@ -47,6 +50,8 @@ def finished_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, np.nda
     tifffile.imwrite(folder / "in" / "twochannel.tif",
                      np.stack([poisson_gaussian(smooth_blobs((16, 32, 32), seed=s), seed=s) for s in (4, 5)], axis=1),
                      imagej=True, metadata={"axes": "ZCYX", "spacing": 0.5})
+    write_image(poisson_gaussian(smooth_blobs((16, 32, 32), seed=6), seed=7), str(folder / "in" / "inplace.ome.zarr"),
+                axes="zyx", scale_factors=(), scale={"z": 0.5, "y": 0.2, "x": 0.2})
     (folder / "in" / "broken.tif").write_bytes(b"not a tiff")
     (folder / "in" / "bad name!.tif").write_bytes(b"never read")
     config = write_config(folder)
@@ -62,8 +67,41 @@ def test_failed_input_is_named_and_costs_no_other_acquisition(finished_run) -> N
     assert re.search(r"broken\.tif: not a readable TIFF", log)
     assert not (folder / "results" / "broken" / "raw.ome.zarr").exists()
     assert "bad name!.tif: skipped" in result.stderr
-    for acq in ("blobs", "flat", "twochannel"):
+    for acq in ("blobs", "flat", "twochannel", "inplace"):
         assert (folder / "results" / acq / "denoised.ome.zarr").is_dir(), acq
+
+
+def test_ome_zarr_input_is_read_in_place(finished_run) -> None:
+    folder, _, _ = finished_run
+    assert not (folder / "results" / "inplace" / "raw.ome.zarr").exists(), "an OME-Zarr input must not be copied"
+    raw, raw_meta = open_ome_zarr(folder / "in" / "inplace.ome.zarr")
+    den, den_meta = open_ome_zarr(folder / "results" / "inplace" / "denoised.ome.zarr")
+    assert (den_meta.axes, den_meta.shape, den_meta.scale) == ("zyx", (16, 32, 32), (0.5, 0.2, 0.2))
+    assert np.isfinite(den[:]).all() and den[:].std() < raw[:].std()
+
+
+def test_inference_split_into_jobs_each_with_its_own_log(finished_run) -> None:
+    folder, _, _ = finished_run
+    logs = sorted(p.name for p in (folder / "results" / "blobs" / "logs").glob("predict_part*.log"))
+    assert logs == ["predict_part0-of-2.log", "predict_part1-of-2.log"]
+    texts = [(folder / "results" / "blobs" / "logs" / name).read_text() for name in logs]
+    assert all("8 blocks" in text and "M voxels/s" in text for text in texts), texts
+    assert not (folder / "results" / "blobs" / ".predict_parts").exists() or \
+        not list((folder / "results" / "blobs" / ".predict_parts").iterdir())
+
+
+def test_integer_output_is_rescaled_with_its_mapping_stored(finished_run) -> None:
+    folder, _, _ = finished_run
+    path = folder / "results" / "twochannel" / "denoised.ome.zarr"
+    den, _ = open_ome_zarr(path)
+    raw, _ = open_ome_zarr(folder / "results" / "twochannel" / "raw.ome.zarr")
+    mapping = zarr.open_group(str(path), mode="r").attrs["n2vpipe"]["intensity"]
+    assert den.dtype == np.uint16 and mapping["dtype"] == "uint16"
+    for channel in range(2):
+        stored = den[channel].astype(np.float64)
+        assert stored.max() > 1000, "the rescaled values must use the integer range"
+        decoded = mapping["offset"][channel] + mapping["scale"][channel] * stored
+        assert abs(np.median(decoded) - np.median(raw[channel])) < 0.2 * raw[channel][:].std()
 
 
 def test_outputs_keep_shape_axes_and_voxel_size(finished_run) -> None:
@@ -74,7 +112,7 @@ def test_outputs_keep_shape_axes_and_voxel_size(finished_run) -> None:
         den, den_meta = open_ome_zarr(folder / "results" / acq / "denoised.ome.zarr")
         assert (raw_meta.axes, raw_meta.shape) == (axes, shape)
         assert (den_meta.axes, den_meta.shape, den_meta.scale) == (axes, shape, raw_meta.scale)
-        assert den.dtype == np.float32 and np.isfinite(den[:]).all()
+        assert den.dtype == (np.uint16 if acq == "twochannel" else np.float32) and np.isfinite(den[:]).all()
         node = next(iter(Reader(parse_url(str(folder / "results" / acq / "denoised.ome.zarr")))()))
         assert [a["name"] for a in node.metadata["axes"]] == list(axes)
         assert node.data[0].shape == shape
@@ -106,5 +144,5 @@ def test_demo_config_dry_run_plans_every_stage(tmp_path: Path) -> None:
     result = run_snakemake(["-n", "--cores", "2", "--config", f"results_dir={tmp_path}"], cwd=REPO)
     counts = dict(re.findall(r"^(\w+)\s+(\d+)$", result.stdout, flags=re.MULTILINE))
     demo = len(list((REPO / "data" / "demo").glob("*.tif")))
-    stages = ("ingest", "train", "predict", "export_tiff", "qc_figure")
+    stages = ("ingest", "train", "predict_part", "predict", "export_tiff", "qc_figure")
     assert {k: int(counts.get(k, 0)) for k in stages} == dict.fromkeys(stages, demo)

@@ -8,6 +8,7 @@ of ``tczyx``. Outputs are NGFF 0.4 (Zarr v2, ``/`` separated chunks), which napa
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import logging
 import os
@@ -30,6 +31,7 @@ CANONICAL_AXES = "tczyx"
 SPATIAL_AXES = "zyx"
 NGFF_VERSION = "0.4"
 TIFF_SUFFIXES = (".ome.tiff", ".ome.tif", ".tiff", ".tif")
+ZARR_SUFFIXES = (".ome.zarr", ".zarr")
 _UNIT_ALIASES = {
     "micron": "micrometer",
     "um": "micrometer",
@@ -86,9 +88,9 @@ class ImageMeta:
 
 
 def acquisition_name(path: Path) -> str:
-    """Name of the acquisition stored at ``path``: the file name without TIFF suffixes."""
+    """Name of the acquisition stored at ``path``: the file name without TIFF or Zarr suffixes."""
     name = path.name
-    for suffix in TIFF_SUFFIXES:
+    for suffix in TIFF_SUFFIXES + ZARR_SUFFIXES:
         if name.lower().endswith(suffix):
             return name[: -len(suffix)]
     return name
@@ -169,13 +171,63 @@ def plane_files(folder: Path) -> list[Path]:
     return sorted(files, key=lambda p: [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", p.name)])
 
 
+class ContiguousTiffArray:
+    """Read-only array over an uncompressed, contiguous TIFF series, read by byte ranges.
+
+    A region costs only its own bytes: one read per plane of the rows it spans.
+    tifffile's zarr store hands out whole strips, and most uncompressed files
+    hold a plane per strip, so there a band of rows would cost whole planes.
+    ``chunks`` says that any run of full-width rows is cheap to read.
+    """
+
+    def __init__(self, path: Path, offset: int, shape: tuple[int, ...], file_dtype: np.dtype) -> None:
+        self.path, self.offset, self.shape, self.file_dtype = Path(path), offset, tuple(shape), file_dtype
+        self.dtype = file_dtype.newbyteorder("=")
+        self.ndim = len(self.shape)
+        self.chunks = (1,) * (self.ndim - 1) + (self.shape[-1],)
+
+    def __getitem__(self, key: tuple[slice, ...]) -> np.ndarray:
+        """The region selected by one slice (step 1) per axis, as dask asks for it."""
+        if not isinstance(key, tuple) or len(key) != self.ndim or not all(isinstance(k, slice) for k in key):
+            raise TypeError(f"{type(self).__name__} takes one slice per axis, got {key!r}")
+        ranges = [range(*k.indices(n)) for k, n in zip(key, self.shape)]
+        if any(r.step != 1 for r in ranges):
+            raise TypeError(f"{type(self).__name__} reads contiguous slices only, got {key!r}")
+        out = np.empty([len(r) for r in ranges], dtype=self.dtype)
+        rows, columns = ranges[-2], ranges[-1]
+        width = self.shape[-1]
+        plane_size = self.shape[-2] * width
+        if out.size == 0:
+            return out
+        with open(self.path, "rb") as handle:
+            for index in itertools.product(*(range(len(r)) for r in ranges[:-2])):
+                page = int(np.ravel_multi_index([r[i] for r, i in zip(ranges, index)], self.shape[:-2])) \
+                    if index else 0
+                handle.seek(self.offset + (page * plane_size + rows.start * width) * self.file_dtype.itemsize)
+                band = np.fromfile(handle, dtype=self.file_dtype, count=len(rows) * width)
+                if band.size != len(rows) * width:
+                    raise InputError(f"{self.path}: file ends before the image data does (truncated?)")
+                out[index] = band.reshape(len(rows), width)[:, columns.start:columns.stop]
+        return out
+
+
+def _contiguous_source(path: Path, tif: tifffile.TiffFile) -> ContiguousTiffArray | None:
+    """A byte-range reader for the first series when it is stored uncompressed and contiguous."""
+    series = tif.series[0]
+    if series.dataoffset is None or not series.axes.upper().endswith("YX"):
+        return None
+    file_dtype = np.dtype(series.dtype).newbyteorder(tif.byteorder)
+    return ContiguousTiffArray(path, int(series.dataoffset), tuple(series.shape), file_dtype)
+
+
 @contextlib.contextmanager
-def open_tiff_lazy(path: Path) -> Iterator[tuple[zarr.Array, ImageMeta, tuple[int, ...]]]:
+def open_tiff_lazy(path: Path) -> Iterator[tuple[zarr.Array | ContiguousTiffArray, ImageMeta, tuple[int, ...]]]:
     """Open a TIFF, OME-TIFF, ImageJ hyperstack or folder of plane TIFFs without reading it.
 
-    Yields the source as a read-only zarr array (in the file's own axis order),
-    its metadata in canonical order, and the permutation to canonical order.
-    Raises :class:`InputError` naming the file when it cannot be used.
+    Yields the source as a read-only array (in the file's own axis order): a
+    :class:`ContiguousTiffArray` for uncompressed contiguous files, tifffile's
+    zarr store otherwise; its metadata in canonical order; and the permutation
+    to canonical order. Raises :class:`InputError` naming the file when it cannot be used.
     """
     path = Path(path)
     try:
@@ -187,6 +239,7 @@ def open_tiff_lazy(path: Path) -> Iterator[tuple[zarr.Array, ImageMeta, tuple[in
             with tifffile.TiffFile(files[0]) as first:
                 sizes, unit = tiff_voxel_size(first)
                 tiff_axes = "Z" + first.series[0].axes
+            contiguous = None
             store = sequence.aszarr()
         else:
             tif = tifffile.TiffFile(path)
@@ -194,11 +247,12 @@ def open_tiff_lazy(path: Path) -> Iterator[tuple[zarr.Array, ImageMeta, tuple[in
                 raise InputError(f"{path}: TIFF holds no image series")
             sizes, unit = tiff_voxel_size(tif)
             tiff_axes = tif.series[0].axes
+            contiguous = _contiguous_source(path, tif)
             store = tif.series[0].aszarr()
     except (tifffile.TiffFileError, OSError, ElementTree.ParseError) as err:
         raise InputError(f"{path}: not a readable TIFF ({err})") from err
     try:
-        source = zarr.open_array(store, mode="r")
+        source = contiguous if contiguous is not None else zarr.open_array(store, mode="r")
         try:
             axes, permutation = canonical_axes(tiff_axes)
         except ValueError as err:
@@ -259,19 +313,52 @@ def create_ome_zarr(
     return array
 
 
+def is_ome_zarr(path: Path) -> bool:
+    """Whether ``path`` looks like an OME-Zarr image folder (by name or by its Zarr metadata files)."""
+    path = Path(path)
+    return path.is_dir() and (path.name.lower().endswith(ZARR_SUFFIXES) or (path / ".zattrs").exists()
+                              or (path / "zarr.json").exists())
+
+
+def _multiscale(group: zarr.Group) -> dict[str, Any]:
+    """The first ``multiscales`` entry: NGFF 0.4 keeps it at the top of the attributes, 0.5 under ``ome``."""
+    attrs = group.attrs.asdict()
+    return (attrs.get("ome", attrs))["multiscales"][0]
+
+
 def open_ome_zarr(path: Path, level: int = 0) -> tuple[zarr.Array, ImageMeta]:
-    """Open one level of an OME-Zarr image written by n2vpipe (or any NGFF 0.4 image)."""
+    """Open one level of an OME-Zarr image (NGFF 0.4 or 0.5) without reading its data.
+
+    Raises :class:`InputError` naming the folder when it is not an image n2vpipe can use.
+    """
     try:
         group = zarr.open_group(str(path), mode="r")
-        multiscale = group.attrs["multiscales"][0]
+        multiscale = _multiscale(group)
     except (FileNotFoundError, KeyError, IndexError, zarr.errors.GroupNotFoundError) as err:
         raise InputError(f"{path}: not an OME-Zarr image ({err!r})") from err
-    axes = "".join(a["name"] for a in multiscale["axes"])
+    axes = "".join(a["name"].lower() for a in multiscale["axes"])
+    if axes != "".join(a for a in CANONICAL_AXES if a in axes) or not axes.endswith("yx"):
+        raise InputError(f"{path}: axes {axes!r} are not a subset of t, c, z, y, x in that order")
     dataset = multiscale["datasets"][level]
     array = group[dataset["path"]]
     scale = next(t["scale"] for t in dataset["coordinateTransformations"] if t["type"] == "scale")
     unit = next((a["unit"] for a in multiscale["axes"] if "unit" in a), "micrometer")
     return array, ImageMeta(axes, tuple(array.shape), str(array.dtype), tuple(scale), unit)
+
+
+def sample_voxels(array: zarr.Array, meta: ImageMeta, channel: int, rng: np.random.Generator,
+                  max_chunks: int = 64, samples_per_chunk: int = 4096) -> np.ndarray:
+    """Voxel values of one channel sampled over the whole volume: ``max_chunks`` random chunks, a random subset of each."""
+    spatial_chunks = meta.spatial_chunks(array.chunks)
+    grid = [-(-s // c) for s, c in zip(meta.spatial_shape, spatial_chunks)]
+    values = []
+    for _ in range(max_chunks):
+        t = int(rng.integers(meta.size("t")))
+        start = tuple(int(rng.integers(g)) * c for g, c in zip(grid, spatial_chunks))
+        stop = tuple(min(s + c, n) for s, c, n in zip(start, spatial_chunks, meta.spatial_shape))
+        block = np.asarray(array[meta.key(t, channel, start, stop)]).ravel()
+        values.append(rng.choice(block, size=min(samples_per_chunk, block.size), replace=False))
+    return np.concatenate(values).astype(np.float64)
 
 
 def partial_path(final: Path) -> Path:

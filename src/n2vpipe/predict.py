@@ -6,32 +6,45 @@ network's receptive reach (reflect-padded at the volume border, exactly as the
 whole volume would be), predicts, crops, and writes only its own chunks; so the
 tiled result equals the whole-volume result and no two tasks share a chunk.
 A marker per finished block lets a killed run resume with the missing blocks.
+
+One acquisition's blocks can be split into parts run as separate jobs (on
+separate nodes): each part writes disjoint blocks of one shared partial output,
+and :func:`finalize_prediction` adds the pyramid and moves it into place. The
+output is float32, or rescaled to uint8/uint16 with the mapping in its attributes.
 """
 
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import hashlib
 import itertools
 import logging
+import math
+import os
+import sys
 import threading
-from collections.abc import Mapping
-from dataclasses import dataclass
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import dask
 import numpy as np
 import torch
 import zarr
-from tqdm.dask import TqdmCallback
+from torch.nn.utils.fusion import fuse_conv_bn_eval
+from tqdm import tqdm
 
 from n2vpipe.io import (
     ImageMeta,
-    atomic_output,
     blosc_compressor,
     create_ome_zarr,
     open_ome_zarr,
+    partial_path,
+    publish,
     remove_path,
+    sample_voxels,
     write_pyramid,
 )
 from n2vpipe.model_io import WEIGHTS_FILE, Normalisation, load_model
@@ -41,6 +54,7 @@ from n2vpipe.unet import UNet, memory_format, receptive_reach, total_downsamplin
 log = logging.getLogger(__name__)
 
 DONE_DIR = ".blocks_done"
+INTEGER_OUTPUTS = {"uint8", "uint16"}
 
 
 @dataclass(frozen=True)
@@ -51,6 +65,11 @@ class Block:
     c: int
     start: tuple[int, ...]
     stop: tuple[int, ...]
+
+    @property
+    def voxels(self) -> int:
+        """Output voxels of this block."""
+        return math.prod(e - s for s, e in zip(self.start, self.stop))
 
     @property
     def name(self) -> str:
@@ -98,45 +117,187 @@ def run_network(model: UNet, data: np.ndarray, grid: tuple[int, ...], device: to
     return out[tuple(slice(0, s) for s in data.shape)]
 
 
-def predict_block(array: zarr.Array, meta: ImageMeta, model: UNet, normalisation: Normalisation, block: Block,
-                  halo: tuple[int, ...], grid: tuple[int, ...], device: torch.device,
-                  compute_lock: contextlib.AbstractContextManager | None = None) -> np.ndarray:
-    """Denoise one block (intensities in the input's scale, float32).
+def denoise_with_halo(data: np.ndarray, model: UNet, normalisation: Normalisation, block: Block,
+                      halo: tuple[int, ...], grid: tuple[int, ...], device: torch.device,
+                      compute_lock: contextlib.AbstractContextManager | None = None) -> np.ndarray:
+    """Denoise ``block`` from its data read with halo (intensities in the input's scale, float32).
 
     ``compute_lock``, when given, is held only around the forward pass, so other
     blocks' reads and writes overlap with it.
     """
-    data = normalisation.apply(read_with_halo(array, meta, block, halo), block.c)
+    normalised = normalisation.apply(data, block.c)
     with compute_lock or contextlib.nullcontext():
-        out = run_network(model, data, grid, device)
+        out = run_network(model, normalised, grid, device)
     crop = tuple(slice(h, h + (e - s)) for h, s, e in zip(halo, block.start, block.stop))
     return normalisation.invert(out[crop], block.c)
 
 
-def _fingerprint(model_dir: Path, block_shape: tuple[int, ...]) -> str:
-    """Identifies the weights and tiling a partial output was started with."""
+def predict_block(array: zarr.Array, meta: ImageMeta, model: UNet, normalisation: Normalisation, block: Block,
+                  halo: tuple[int, ...], grid: tuple[int, ...], device: torch.device,
+                  compute_lock: contextlib.AbstractContextManager | None = None) -> np.ndarray:
+    """Read ``block`` with its halo from ``array`` and denoise it (see :func:`denoise_with_halo`)."""
+    data = read_with_halo(array, meta, block, halo)
+    return denoise_with_halo(data, model, normalisation, block, halo, grid, device, compute_lock)
+
+
+def fuse_batch_norm(module: torch.nn.Module) -> torch.nn.Module:
+    """Fold every eval-mode BatchNorm into the convolution before it (same output, one pass less)."""
+    for child in module.children():
+        fuse_batch_norm(child)
+    if isinstance(module, torch.nn.Sequential):
+        layers = list(module)
+        for i in range(len(layers) - 1):
+            conv, norm = layers[i], layers[i + 1]
+            if isinstance(conv, torch.nn.modules.conv._ConvNd) and isinstance(norm, torch.nn.modules.batchnorm._BatchNorm):
+                module[i] = fuse_conv_bn_eval(conv, norm)
+                module[i + 1] = torch.nn.Identity()
+    return module
+
+
+@dataclass(frozen=True)
+class OutputEncoding:
+    """How denoised intensities are stored: float32, or rescaled linearly to an unsigned integer type.
+
+    For integers, ``low[c]`` (input intensity) is stored as 0 and ``high[c]`` as the
+    type's maximum, clipped outside; ``value = offset + scale * stored`` recovers
+    intensities (written to the output's attributes).
+    """
+
+    dtype: str = "float32"
+    low: tuple[float, ...] = ()
+    high: tuple[float, ...] = ()
+
+    @classmethod
+    def choose(cls, dtype: str, output_range: str | Sequence[float], array: zarr.Array,
+               meta: ImageMeta) -> OutputEncoding:
+        """``output_range`` is ``[low, high]`` for every channel, or ``"auto"``: the 0.01st-99.99th
+        percentiles of the input per channel, sampled over the whole volume (with a fixed seed,
+        so every inference job of an acquisition gets the same)."""
+        if dtype == "float32":
+            return cls()
+        if dtype not in INTEGER_OUTPUTS:
+            raise ValueError(f"output dtype must be float32 or one of {sorted(INTEGER_OUTPUTS)}, got {dtype!r}")
+        if output_range == "auto":
+            rng = np.random.default_rng(0)
+            bounds = [np.percentile(sample_voxels(array, meta, c, rng), [0.01, 99.99]) for c in range(meta.size("c"))]
+            low, high = tuple(float(b[0]) for b in bounds), tuple(float(b[1]) for b in bounds)
+        else:
+            low, high = (float(output_range[0]),) * meta.size("c"), (float(output_range[1]),) * meta.size("c")
+        if any(h <= lo for lo, h in zip(low, high)):
+            raise ValueError(f"output range needs low < high, got low {low}, high {high}")
+        return cls(dtype, low, high)
+
+    def encode(self, values: np.ndarray, channel: int) -> np.ndarray:
+        """``values`` (input intensities) in the stored type."""
+        if self.dtype == "float32":
+            return values.astype(np.float32, copy=False)
+        top = np.iinfo(self.dtype).max
+        scaled = (values - self.low[channel]) * (top / (self.high[channel] - self.low[channel]))
+        return np.clip(np.rint(scaled), 0, top).astype(self.dtype)
+
+    def attrs(self) -> dict[str, object]:
+        """Attributes that tell readers how to get intensities back."""
+        if self.dtype == "float32":
+            return {"dtype": "float32"}
+        top = np.iinfo(self.dtype).max
+        return {"dtype": self.dtype, "offset": list(self.low),
+                "scale": [(h - lo) / top for lo, h in zip(self.low, self.high)]}
+
+
+@dataclass
+class PredictionStats:
+    """What one inference job did, and where its time went (read, compute, write summed over threads)."""
+
+    blocks: int = 0
+    voxels: int = 0
+    read_s: float = 0.0
+    compute_s: float = 0.0
+    write_s: float = 0.0
+    wall_s: float = 0.0
+    lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
+
+    def add(self, voxels: int, read_s: float, compute_s: float, write_s: float) -> None:
+        """Account for one finished block."""
+        with self.lock:
+            self.blocks += 1
+            self.voxels += voxels
+            self.read_s += read_s
+            self.compute_s += compute_s
+            self.write_s += write_s
+
+    def summary(self) -> str:
+        """One log line."""
+        rate = self.voxels / self.wall_s / 1e6 if self.wall_s else 0.0
+        return (f"{self.blocks} blocks, {self.voxels / 1e6:.1f} M voxels in {self.wall_s:.1f} s "
+                f"({rate:.2f} M voxels/s); read {self.read_s:.1f} s, compute {self.compute_s:.1f} s, "
+                f"write {self.write_s:.1f} s (summed over threads)")
+
+
+class BlockProgress:
+    """A progress bar in voxels (rate, ETA) on a terminal; a log line every ``log_every`` blocks otherwise."""
+
+    def __init__(self, total_blocks: int, total_voxels: int, log_every: int = 10) -> None:
+        self.bar = tqdm(total=total_voxels, unit="vox", unit_scale=True, desc="predict", disable=None,
+                        file=sys.stderr, mininterval=1)
+        self.total_blocks, self.log_every, self.done = total_blocks, log_every, 0
+        self.lock = threading.Lock()
+
+    def update(self, voxels: int) -> None:
+        """One more block finished."""
+        with self.lock:
+            self.done += 1
+            self.bar.update(voxels)
+            if self.bar.disable and (self.done % self.log_every == 0 or self.done == self.total_blocks):
+                log.info("predict: %d/%d blocks", self.done, self.total_blocks)
+
+    def close(self) -> None:
+        """Finish the bar."""
+        self.bar.close()
+
+
+def _fingerprint(model_dir: Path, block_shape: tuple[int, ...], encoding_settings: tuple[object, ...]) -> str:
+    """Identifies the weights, tiling and output type a partial output was started with."""
     digest = hashlib.sha256((Path(model_dir) / WEIGHTS_FILE).read_bytes())
-    digest.update(repr(block_shape).encode())
+    digest.update(repr((block_shape, encoding_settings)).encode())
     return digest.hexdigest()
 
 
-def _open_or_create_output(partial: Path, meta: ImageMeta, chunks: tuple[int, ...], compressor: str,
-                           level: int, fingerprint: str, name: str) -> zarr.Array:
-    """Reuse a partial output started with the same model and tiling; otherwise start afresh."""
+@contextlib.contextmanager
+def _exclusive(lock_file: Path) -> Iterator[None]:
+    """Hold an exclusive ``flock`` on ``lock_file`` (several inference jobs may start at once)."""
+    with open(lock_file, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _open_or_create_output(partial: Path, meta: ImageMeta, chunks: tuple[int, ...], compressor: str, level: int,
+                           fingerprint: str, name: str, blocks_total: int,
+                           make_encoding: Callable[[], OutputEncoding]) -> tuple[zarr.Array, OutputEncoding]:
+    """Reuse a partial output started with the same model, tiling and output type; otherwise start afresh."""
     if partial.exists():
         try:
             group = zarr.open_group(str(partial), mode="r+")
-            if group.attrs.get("n2vpipe", {}).get("fingerprint") == fingerprint:
+            attrs = group.attrs.get("n2vpipe", {})
+            if attrs.get("fingerprint") == fingerprint:
                 log.info("resuming partial output %s", partial)
-                return group["0"]
+                encoding = attrs["encoding"]
+                return group["0"], OutputEncoding(encoding["dtype"], tuple(encoding["low"]), tuple(encoding["high"]))
         except (zarr.errors.GroupNotFoundError, KeyError, FileNotFoundError):
             pass
-        log.info("discarding partial output %s from another model or tiling", partial)
+        log.info("discarding partial output %s from another model, tiling or output type", partial)
         remove_path(partial)
-    out_meta = ImageMeta(meta.axes, meta.shape, "float32", meta.scale, meta.unit)
+    encoding = make_encoding()
+    out_meta = ImageMeta(meta.axes, meta.shape, encoding.dtype, meta.scale, meta.unit)
     full_chunks = tuple(1 if a in "tc" else chunks[meta.spatial_axes.index(a)] for a in meta.axes)
-    return create_ome_zarr(partial, out_meta, full_chunks, blosc_compressor(compressor, level), name,
-                           extra_attrs={"fingerprint": fingerprint})
+    attrs = {"fingerprint": fingerprint, "blocks_total": blocks_total, "intensity": encoding.attrs(),
+             "encoding": {"dtype": encoding.dtype, "low": list(encoding.low), "high": list(encoding.high)}}
+    array = create_ome_zarr(partial, out_meta, full_chunks, blosc_compressor(compressor, level), name,
+                            extra_attrs=attrs)
+    (partial / DONE_DIR).mkdir()
+    return array, encoding
 
 
 def _scheduler_settings(threads: int, scheduler_address: str | None) -> Mapping[str, object]:
@@ -148,16 +309,29 @@ def _scheduler_settings(threads: int, scheduler_address: str | None) -> Mapping[
     return {"scheduler": "threads", "num_workers": threads}
 
 
-def predict_volume(raw_zarr: Path, model_dir: Path, dst: Path, block_shape: Mapping[str, int], threads: int = 1,
-                   device: str = "auto", compressor: str = "zstd", compression_level: int = 5,
-                   pyramid_levels: int = 1, scheduler_address: str | None = None) -> int:
-    """Denoise ``raw_zarr`` with the model in ``model_dir`` into a new OME-Zarr at ``dst``.
+def part_of(blocks: Sequence[Block], part: int, parts: int) -> list[Block]:
+    """The ``part``-th of ``parts`` contiguous, disjoint runs of ``blocks`` (together: all of them)."""
+    if not 0 <= part < parts:
+        raise ValueError(f"part {part} is not one of 0..{parts - 1}")
+    return list(blocks[part * len(blocks) // parts:(part + 1) * len(blocks) // parts])
 
-    Returns the number of blocks computed in this run (fewer than planned when
-    resuming). ``dst`` appears only once every block is written.
+
+def predict_part(raw_zarr: Path, model_dir: Path, dst: Path, block_shape: Mapping[str, int], part: int = 0,
+                 parts: int = 1, threads: int = 1, device: str = "auto", compressor: str = "zstd",
+                 compression_level: int = 5, output_dtype: str = "float32",
+                 output_range: str | Sequence[float] = "auto",
+                 scheduler_address: str | None = None) -> PredictionStats:
+    """Denoise part ``part`` of ``parts`` of ``raw_zarr`` into the partial output of ``dst``.
+
+    Parts write disjoint blocks (whole output chunks) of one shared partial
+    OME-Zarr, so they can run as separate jobs on separate nodes; blocks already
+    marked done (a killed earlier run) are skipped. :func:`finalize_prediction`
+    turns the partial output into ``dst`` once every part is done.
     """
+    started = time.monotonic()
     torch_device = select_device(device)
     model, description = load_model(model_dir, torch_device)
+    model = fuse_batch_norm(model).to(memory_format=memory_format(description.spec.ndim))
     array, meta = open_ome_zarr(raw_zarr)
     if meta.spatial_axes != description.spatial_axes:
         raise ValueError(f"{raw_zarr}: axes {meta.spatial_axes} do not match the model's {description.spatial_axes}")
@@ -166,26 +340,78 @@ def predict_volume(raw_zarr: Path, model_dir: Path, dst: Path, block_shape: Mapp
     block = tuple(min(int(block_shape[a]), s) for a, s in zip(meta.spatial_axes, meta.spatial_shape))
     blocks = plan_blocks(meta, block, block, grid)
     torch.set_num_threads(max(1, threads))
-    with atomic_output(dst, keep_partial_on_error=True) as partial:
-        target = _open_or_create_output(partial, meta, block, compressor, compression_level,
-                                        _fingerprint(model_dir, block), Path(dst).parent.name)
-        done_dir = partial / DONE_DIR
-        done_dir.mkdir(exist_ok=True)
-        pending = [b for b in blocks if not (done_dir / b.name).exists()]
-        log.info("predict %s: %d blocks of %s (halo %s, grid %s), %d already done", raw_zarr,
-                 len(blocks), block, halo, grid, len(blocks) - len(pending))
-        compute_lock = threading.Lock() if torch_device.type == "cpu" else None
+    partial = partial_path(dst)
+    fingerprint = _fingerprint(model_dir, block, (output_dtype, output_range))
+    with _exclusive(partial.with_name(partial.name + ".lock")):
+        target, encoding = _open_or_create_output(
+            partial, meta, block, compressor, compression_level, fingerprint, Path(dst).parent.name, len(blocks),
+            lambda: OutputEncoding.choose(output_dtype, output_range, array, meta))
+    done_dir = partial / DONE_DIR
+    mine = part_of(blocks, part, parts)
+    pending = [b for b in mine if not (done_dir / b.name).exists()]
+    log.info("predict %s part %d/%d: %d of %d blocks of %s (halo %s, grid %s), %d already done; output %s",
+             raw_zarr, part + 1, parts, len(mine), len(blocks), block, halo, grid, len(mine) - len(pending),
+             encoding.dtype)
+    compute_lock = threading.Lock() if torch_device.type == "cpu" else None
+    stats = PredictionStats()
+    progress = BlockProgress(len(pending), sum(b.voxels for b in pending))
 
-        def process(item: Block) -> None:
-            result = predict_block(array, meta, model, description.normalisation, item, halo, grid, torch_device,
+    def process(item: Block) -> None:
+        tick = time.perf_counter()
+        data = read_with_halo(array, meta, item, halo)
+        read_done = time.perf_counter()
+        result = denoise_with_halo(data, model, description.normalisation, item, halo, grid, torch_device,
                                    compute_lock)
-            target[meta.key(item.t, item.c, item.start, item.stop)] = result
-            (done_dir / item.name).touch()
+        computed = time.perf_counter()
+        target[meta.key(item.t, item.c, item.start, item.stop)] = encoding.encode(result, item.c)
+        (done_dir / item.name).touch()
+        stats.add(item.voxels, read_done - tick, computed - read_done, time.perf_counter() - computed)
+        progress.update(item.voxels)
 
-        tasks = [dask.delayed(process)(item, dask_key_name=f"block-{item.name}") for item in pending]
-        with dask.config.set(_scheduler_settings(threads, scheduler_address)), TqdmCallback(desc="predict",
-                                                                                             mininterval=1):
+    tasks = [dask.delayed(process)(item, dask_key_name=f"block-{item.name}") for item in pending]
+    try:
+        with dask.config.set(_scheduler_settings(threads, scheduler_address)):
             dask.compute(*tasks)
-        remove_path(done_dir)
-        write_pyramid(partial, pyramid_levels, blosc_compressor(compressor, compression_level))
-    return len(pending)
+    finally:
+        progress.close()
+    stats.wall_s = time.monotonic() - started
+    log.info("predict part %d/%d: %s", part + 1, parts, stats.summary())
+    return stats
+
+
+def finalize_prediction(dst: Path, pyramid_levels: int = 1, compressor: str = "zstd",
+                        compression_level: int = 5) -> int:
+    """Check every block of the partial output is done, add the pyramid and move it to ``dst``.
+
+    Returns the number of pyramid levels. Raises ``RuntimeError`` naming what is missing.
+    """
+    partial = partial_path(dst)
+    if not partial.exists():
+        raise RuntimeError(f"{partial}: no partial output; run the inference parts first")
+    done_dir = partial / DONE_DIR
+    expected = zarr.open_group(str(partial), mode="r").attrs["n2vpipe"]["blocks_total"]
+    finished = len(os.listdir(done_dir))
+    if finished != expected:
+        raise RuntimeError(f"{partial}: {finished} of {expected} blocks are done; rerun the inference parts")
+    levels = write_pyramid(partial, pyramid_levels, blosc_compressor(compressor, compression_level))
+    remove_path(done_dir)
+    publish(partial, Path(dst))
+    remove_path(partial.with_name(partial.name + ".lock"))
+    log.info("wrote %s (%d pyramid level(s))", dst, levels)
+    return levels
+
+
+def predict_volume(raw_zarr: Path, model_dir: Path, dst: Path, block_shape: Mapping[str, int], threads: int = 1,
+                   device: str = "auto", compressor: str = "zstd", compression_level: int = 5,
+                   pyramid_levels: int = 1, output_dtype: str = "float32",
+                   output_range: str | Sequence[float] = "auto",
+                   scheduler_address: str | None = None) -> PredictionStats:
+    """Denoise ``raw_zarr`` with the model in ``model_dir`` into a new OME-Zarr at ``dst``, in one job.
+
+    ``dst`` appears only once every block is written; a killed run resumes with
+    the blocks it had not finished.
+    """
+    stats = predict_part(raw_zarr, model_dir, dst, block_shape, 0, 1, threads, device, compressor,
+                         compression_level, output_dtype, output_range, scheduler_address)
+    finalize_prediction(dst, pyramid_levels, compressor, compression_level)
+    return stats

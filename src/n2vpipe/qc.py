@@ -10,6 +10,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+import zarr  # noqa: E402
 
 from n2vpipe.io import ImageMeta, open_ome_zarr  # noqa: E402
 
@@ -49,6 +50,14 @@ def middle_plane(array: np.ndarray | object, meta: ImageMeta, channel: int) -> n
     return np.asarray(array[tuple(key)], dtype=np.float32)
 
 
+def stored_to_intensity(values: np.ndarray, zarr_path: Path, channel: int) -> np.ndarray:
+    """Undo an integer output's rescaling (attribute ``n2vpipe.intensity``); float outputs pass through."""
+    mapping = zarr.open_group(str(zarr_path), mode="r").attrs.get("n2vpipe", {}).get("intensity", {})
+    if "scale" not in mapping:
+        return values
+    return mapping["offset"][channel] + mapping["scale"][channel] * values
+
+
 def comparison_figure(raw_zarr: Path, denoised_zarr: Path, png: Path) -> None:
     """Raw and denoised central planes side by side per channel, with a shared contrast."""
     raw, raw_meta = open_ome_zarr(raw_zarr)
@@ -57,13 +66,13 @@ def comparison_figure(raw_zarr: Path, denoised_zarr: Path, png: Path) -> None:
     fig, axes = plt.subplots(channels, 2, figsize=(10, 5 * channels), dpi=100, squeeze=False)
     for channel in range(channels):
         before = middle_plane(raw, raw_meta, channel)
-        after = middle_plane(denoised, den_meta, channel)
+        after = stored_to_intensity(middle_plane(denoised, den_meta, channel), denoised_zarr, channel)
         low, high = np.percentile(after, [0.5, 99.8])
         for ax, image, title in ((axes[channel, 0], before, "raw"), (axes[channel, 1], after, "denoised")):
             ax.imshow(image, cmap="gray", vmin=low, vmax=high, interpolation="nearest")
             ax.set_title(f"{title} (channel {channel}, central plane)")
             ax.axis("off")
-    fig.suptitle(Path(raw_zarr).parent.name)
+    fig.suptitle(Path(denoised_zarr).parent.name)
     fig.tight_layout()
     fig.savefig(png)
     plt.close(fig)

@@ -27,7 +27,7 @@ from .conftest import (
 )
 
 pytestmark = pytest.mark.workflow
-INFERENCE = ("predict", "export_tiff", "qc_figure")
+INFERENCE = ("predict_part", "predict", "export_tiff", "qc_figure")
 
 
 @dataclass
@@ -98,9 +98,13 @@ def test_unchanged_rerun_does_nothing(project: Project) -> None:
     assert jobs_in(result.stdout + result.stderr) == set()
 
 
-def test_resources_and_threads_do_not_rerun(project: Project) -> None:
+def test_resources_threads_and_run_only_settings_do_not_rerun(project: Project) -> None:
     config = edited(project.config, "resources", "predict", "mem_mb", 999)
     config = edited(config, "threads", "predict", 2)
+    config = edited(config, "predict", "device", "cpu")
+    config = edited(config, "predict", "scheduler_address", "tcp://127.0.0.1:8786")
+    config = edited(config, "train", "device", "cpu")
+    config = edited(config, "train", "checkpoint_every", 7)
     assert project.plan(config) == set()
     project.write(project.config)
 

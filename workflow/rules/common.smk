@@ -6,6 +6,7 @@ import yaml
 
 from snakemake.logging import logger
 
+from n2vpipe.io import is_ome_zarr
 from n2vpipe.discover import (
     SAFE_NAME,
     ArrivalRule,
@@ -39,13 +40,24 @@ wildcard_constraints:
     acq=SAFE_NAME,
 
 
+# Settings that change how a job runs but not what it produces: they are not job params,
+# so editing them reruns nothing (scripts read them from snakemake.config). predict.jobs
+# still reruns inference, because it changes which jobs there are.
+RUN_ONLY = {"train": ("device", "checkpoint_every"), "predict": ("device", "scheduler_address", "jobs")}
+
+
 def settings(section):
-    """Input function: the config section as it applies to the job's acquisition.
+    """Input function: the config section as it applies to the job's acquisition, without RUN_ONLY keys.
 
     Keys are sorted so that Snakemake's params check (which compares repr) only
     sees real value changes, not a reordered config file.
     """
-    return lambda wildcards: canonical(config_for(config, wildcards.acq)[section])
+
+    def section_settings(wildcards):
+        values = config_for(config, wildcards.acq)[section]
+        return canonical({k: v for k, v in values.items() if k not in RUN_ONLY.get(section, ())})
+
+    return section_settings
 
 
 def raw_input(wildcards):
@@ -56,6 +68,20 @@ def raw_input(wildcards):
             f"(patterns {config['input_patterns']})"
         )
     return str(ACQUISITIONS[wildcards.acq])
+
+
+def raw_zarr(wildcards):
+    """The acquisition's raw OME-Zarr: an OME-Zarr input is read where it is, a TIFF is ingested first."""
+    path = ACQUISITIONS.get(wildcards.acq)
+    if path is not None and is_ome_zarr(path):
+        return str(path)
+    return f"{RESULTS}/{wildcards.acq}/raw.ome.zarr"
+
+
+def prediction_parts(wildcards):
+    """Markers of the inference jobs one acquisition is split into (config predict.jobs)."""
+    parts = config_for(config, wildcards.acq)["predict"]["jobs"]
+    return [f"{RESULTS}/{wildcards.acq}/.predict_parts/part{i}-of-{parts}.done" for i in range(parts)]
 
 
 # ---------------------------------------------------------------- resources

@@ -19,7 +19,7 @@ rule export_tiff:
 rule qc_figure:
     """Raw and denoised central planes side by side."""
     input:
-        raw=f"{RESULTS}/{{acq}}/raw.ome.zarr",
+        raw=raw_zarr,
         denoised=f"{RESULTS}/{{acq}}/denoised.ome.zarr",
     output:
         png=report(

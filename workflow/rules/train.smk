@@ -1,7 +1,7 @@
 rule train:
     """Train one Noise2Void model on the acquisition's own noisy voxels (GPU when there is one)."""
     input:
-        zarr=f"{RESULTS}/{{acq}}/raw.ome.zarr",
+        zarr=raw_zarr,
     output:
         model=directory(f"{RESULTS}/{{acq}}/model"),
     params:

@@ -1,0 +1,114 @@
+"""Inference split into parts run as concurrent processes, and rescaled integer output."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tifffile
+import torch
+import zarr
+
+from n2vpipe.ingest import ingest_tiff
+from n2vpipe.io import open_ome_zarr, partial_path
+from n2vpipe.predict import OutputEncoding, finalize_prediction, fuse_batch_norm, part_of, predict_volume
+from n2vpipe.train import TrainConfig, train_n2v
+from n2vpipe.unet import UNet, UNetSpec
+from synthetic import poisson_gaussian, smooth_blobs
+
+BLOCK = {"z": 8, "y": 16, "x": 16}
+PART = "from n2vpipe.predict import predict_part; import sys; " \
+       "predict_part(sys.argv[1], sys.argv[2], sys.argv[3], {'z': 8, 'y': 16, 'x': 16}, part=int(sys.argv[4]), " \
+       "parts=int(sys.argv[5]))"
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """A small raw OME-Zarr and a model trained on it for a few steps."""
+    folder = tmp_path_factory.mktemp("parts")
+    tifffile.imwrite(folder / "vol.tif", poisson_gaussian(smooth_blobs((16, 48, 64), seed=0), seed=1))
+    raw = folder / "raw.ome.zarr"
+    ingest_tiff(folder / "vol.tif", raw, BLOCK)
+    train_n2v(raw, folder / "model", TrainConfig(patch=BLOCK, batch_size=2, steps=3, base_filters=4, depth=1,
+                                                 validation_fraction=0))
+    return raw, folder / "model"
+
+
+def test_parts_are_disjoint_and_cover_all_blocks() -> None:
+    blocks = list(range(23))
+    parts = [part_of(blocks, i, 4) for i in range(4)]
+    assert sorted(b for part in parts for b in part) == blocks
+    assert max(map(len, parts)) - min(map(len, parts)) <= 1
+    with pytest.raises(ValueError, match="part 4"):
+        part_of(blocks, 4, 4)
+
+
+def test_concurrent_parts_give_the_single_job_result(trained: tuple[Path, Path], tmp_path: Path) -> None:
+    raw, model = trained
+    reference = tmp_path / "reference.ome.zarr"
+    predict_volume(raw, model, reference, BLOCK)
+    split = tmp_path / "denoised.ome.zarr"
+    processes = [subprocess.Popen([sys.executable, "-c", PART, str(raw), str(model), str(split), str(i), "3"],
+                                  stderr=subprocess.PIPE, text=True) for i in range(3)]
+    errors = [p.communicate()[1] for p in processes]
+    assert all(p.returncode == 0 for p in processes), errors
+    assert not split.exists(), "parts alone must not publish the output"
+    finalize_prediction(split)
+    assert np.array_equal(open_ome_zarr(split)[0][:], open_ome_zarr(reference)[0][:])
+    assert not partial_path(split).exists()
+
+
+def test_finalize_refuses_while_a_part_is_missing(trained: tuple[Path, Path], tmp_path: Path) -> None:
+    raw, model = trained
+    dst = tmp_path / "denoised.ome.zarr"
+    subprocess.run([sys.executable, "-c", PART, str(raw), str(model), str(dst), "0", "2"], check=True,
+                   capture_output=True)
+    with pytest.raises(RuntimeError, match=r"12 of 24 blocks are done"):
+        finalize_prediction(dst)
+    assert not dst.exists()
+
+
+def test_uint16_output_decodes_to_the_float_result(trained: tuple[Path, Path], tmp_path: Path) -> None:
+    raw, model = trained
+    floats = tmp_path / "float.ome.zarr"
+    predict_volume(raw, model, floats, BLOCK)
+    integers = tmp_path / "uint16.ome.zarr"
+    predict_volume(raw, model, integers, BLOCK, output_dtype="uint16", output_range=[0, 1000])
+    stored, meta = open_ome_zarr(integers)
+    mapping = zarr.open_group(str(integers), mode="r").attrs["n2vpipe"]["intensity"]
+    assert stored.dtype == np.uint16 and meta.dtype == "uint16"
+    decoded = mapping["offset"][0] + mapping["scale"][0] * stored[:].astype(np.float64)
+    expected = np.clip(open_ome_zarr(floats)[0][:], 0, 1000)
+    assert np.abs(decoded - expected).max() <= 0.5 * mapping["scale"][0] + 1e-4  # half a step + float32 rounding
+
+
+def test_auto_range_comes_from_input_percentiles(trained: tuple[Path, Path]) -> None:
+    raw, _ = trained
+    array, meta = open_ome_zarr(raw)
+    encoding = OutputEncoding.choose("uint8", "auto", array, meta)
+    values = array[:]
+    assert np.percentile(values, 0) <= encoding.low[0] < np.percentile(values, 1)
+    assert np.percentile(values, 99) < encoding.high[0] <= np.percentile(values, 100)
+    assert encoding.encode(np.array([encoding.low[0] - 5, encoding.high[0] + 5]), 0).tolist() == [0, 255]
+    with pytest.raises(ValueError, match="low < high"):
+        OutputEncoding.choose("uint16", [5, 5], array, meta)
+
+
+def test_folding_batch_norm_keeps_the_output() -> None:
+    torch.manual_seed(0)
+    model = UNet(UNetSpec(ndim=3, depth=1, base_filters=4, batch_norm=True))
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, torch.nn.BatchNorm3d):
+                module.running_mean.uniform_(-1, 1)
+                module.running_var.uniform_(0.5, 2)
+                module.weight.uniform_(0.5, 2)
+    model.eval()
+    x = torch.randn(1, 1, 8, 16, 16)
+    expected = model(x)
+    fused = fuse_batch_norm(model)
+    assert not any(isinstance(m, torch.nn.BatchNorm3d) for m in fused.modules())
+    assert torch.allclose(fused(x), expected, atol=1e-5)
