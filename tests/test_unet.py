@@ -1,22 +1,48 @@
-"""U-Net shapes, receptive field, and tiled prediction equal to whole-volume prediction."""
+"""U-Net shapes, receptive field, N2V2, cropped forward, and tiled prediction equal to whole-volume prediction."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
+from torch.utils.flop_counter import FlopCounterMode
 
 from n2vpipe.io import ImageMeta
 from n2vpipe.model_io import Normalisation
 from n2vpipe.predict import Block, plan_blocks, predict_block, run_network
-from n2vpipe.unet import UNet, UNetSpec, anisotropic_pooling, receptive_reach, total_downsampling
+from n2vpipe.unet import (
+    MaxBlurPool,
+    UNet,
+    UNetSpec,
+    anisotropic_pooling,
+    parameter_count,
+    receptive_reach,
+    total_downsampling,
+    upsample_conv,
+)
 
 SPECS = [
     UNetSpec(ndim=2, depth=2, base_filters=4),
     UNetSpec(ndim=3, depth=2, base_filters=4),
     UNetSpec(ndim=3, depth=2, base_filters=4, pooling=((1, 2, 2), (2, 2, 2))),
     UNetSpec(ndim=3, depth=3, base_filters=2, batch_norm=False),
+    UNetSpec(ndim=2, depth=2, base_filters=4, n2v2=True),
+    UNetSpec(ndim=3, depth=2, base_filters=4, n2v2=True),
+    UNetSpec(ndim=3, depth=2, base_filters=4, pooling=((1, 2, 2), (2, 2, 2)), n2v2=True),
+    UNetSpec(ndim=3, depth=3, base_filters=2, pooling=((1, 2, 2), (1, 2, 2), (2, 2, 2)), n2v2=True),
 ]
+
+
+def _trained_like(spec: UNetSpec, seed: int = 0) -> UNet:
+    """A model in eval mode with nontrivial BatchNorm statistics, as after training."""
+    torch.manual_seed(seed)
+    model = UNet(spec).eval()
+    for module in model.modules():
+        if isinstance(module, (torch.nn.BatchNorm2d, torch.nn.BatchNorm3d)):
+            module.running_mean.uniform_(-0.5, 0.5)
+            module.running_var.uniform_(0.5, 2.0)
+    return model
 
 
 @pytest.mark.parametrize("spec", SPECS, ids=str)
@@ -59,15 +85,10 @@ def test_anisotropic_pooling_keeps_z_until_voxels_are_comparable() -> None:
 
 
 @pytest.mark.parametrize("block_shape", [(8, 16, 16), (16, 32, 16), (24, 48, 56)])
-def test_tiled_prediction_equals_whole_volume_prediction(block_shape: tuple[int, ...]) -> None:
-    torch.manual_seed(1)
-    spec = UNetSpec(ndim=3, depth=2, base_filters=4, pooling=((1, 2, 2), (2, 2, 2)))
-    model = UNet(spec).eval()
-    # nontrivial BatchNorm statistics, as after training
-    for module in model.modules():
-        if isinstance(module, torch.nn.BatchNorm3d):
-            module.running_mean.uniform_(-0.5, 0.5)
-            module.running_var.uniform_(0.5, 2.0)
+@pytest.mark.parametrize("n2v2", [False, True])
+def test_tiled_prediction_equals_whole_volume_prediction(block_shape: tuple[int, ...], n2v2: bool) -> None:
+    spec = UNetSpec(ndim=3, depth=2, base_filters=4, pooling=((1, 2, 2), (2, 2, 2)), n2v2=n2v2)
+    model = _trained_like(spec, seed=1)
     shape = (21, 50, 57)
     volume = np.random.default_rng(2).normal(100, 10, size=shape).astype(np.float32)
     meta = ImageMeta("zyx", shape, "float32", (1.0, 1.0, 1.0))
@@ -79,10 +100,134 @@ def test_tiled_prediction_equals_whole_volume_prediction(block_shape: tuple[int,
         region = tuple(slice(a, b) for a, b in zip(block.start, block.stop))
         tiled[region] = predict_block(volume, meta, model, norm, block, halo, grid, cpu)
     assert not np.isnan(tiled).any()
-    assert np.abs(tiled - whole).max() <= 1e-4 * (whole.max() - whole.min())
+    # rtol: float32 rounding of the added-back mean (N2V2's blur makes an untrained model's output very flat)
+    np.testing.assert_allclose(tiled, whole, rtol=1e-6, atol=1e-4 * (whole.max() - whole.min()))
 
 
 def test_blocks_off_the_pooling_grid_are_refused() -> None:
     meta = ImageMeta("zyx", (32, 64, 64), "uint16", (1.0, 1.0, 1.0))
     with pytest.raises(ValueError, match="pooling grid"):
         plan_blocks(meta, (16, 30, 32), (16, 30, 32), (4, 4, 4))
+
+
+def test_spec_from_an_older_description_without_n2v2_is_plain_n2v() -> None:
+    old = {"ndim": 3, "depth": 2, "base_filters": 8, "batch_norm": True, "pooling": [[1, 2, 2], [2, 2, 2]],
+           "in_channels": 1, "out_channels": 1}
+    assert UNetSpec.from_dict(old).n2v2 is False
+    spec = UNetSpec(ndim=3, n2v2=True, pooling=((1, 2, 2), (2, 2, 2)))
+    assert UNetSpec.from_dict(spec.to_dict()) == spec
+
+
+def test_n2v2_drops_the_top_skip_connection_and_adds_no_parameters_for_the_blur() -> None:
+    plain, n2v2 = (UNet(UNetSpec(ndim=3, base_filters=8, n2v2=flag)) for flag in (False, True))
+    assert plain.decoders[-1][0].in_channels == 16 + 8
+    assert n2v2.decoders[-1][0].in_channels == 16
+    assert n2v2.decoders[0][0].in_channels == plain.decoders[0][0].in_channels == 32 + 16
+    assert parameter_count(plain) - parameter_count(n2v2) == 8 * 8 * 27
+    assert set(plain.state_dict()) == set(n2v2.state_dict())
+
+
+def test_max_blur_pool_blurs_pooled_axes_only() -> None:
+    impulse = torch.zeros(1, 1, 4, 8, 8)
+    impulse[0, 0, 1, 4, 4] = 1.0
+    out = MaxBlurPool((1, 2, 2))(impulse)
+    assert out.shape == (1, 1, 4, 4, 4)
+    # max over [4, 5) at stride 1 covers fine rows 3 and 4; the [1, 2, 1] / 4 blur centred on
+    # fine rows 2 and 4 weighs them 1/4 and 3/4
+    profile = torch.tensor([0.0, 0.25, 0.75, 0.0])
+    expected = torch.zeros(4, 4, 4)
+    expected[1] = profile[:, None] * profile[None, :]
+    torch.testing.assert_close(out[0, 0], expected)
+
+
+@pytest.mark.parametrize("factors", [(2, 2), (3, 1), (1, 2, 2), (2, 2, 2)], ids=str)
+def test_upsample_conv_equals_nearest_upsampling_then_convolution(factors: tuple[int, ...]) -> None:
+    torch.manual_seed(0)
+    x = torch.randn(2, 5, *(4, 5, 3)[:len(factors)], dtype=torch.float64)
+    weight = torch.randn(7, 5, *(3,) * len(factors), dtype=torch.float64)
+    bias = torch.randn(7, dtype=torch.float64)
+    convolve = F.conv3d if len(factors) == 3 else F.conv2d
+    expected = convolve(F.interpolate(x, scale_factor=factors, mode="nearest"), weight, bias, padding=1)
+    torch.testing.assert_close(upsample_conv(x, weight, factors, bias), expected, rtol=1e-12, atol=1e-12)
+
+
+def _textbook_forward(model: UNet, x: torch.Tensor) -> torch.Tensor:
+    """The U-Net as usually written: upsample, concatenate the skip, convolve."""
+    spec, skips = model.spec, []
+    for encoder, pool in zip(model.encoders, model.pools):
+        x = encoder(x)
+        skips.append(x)
+        x = pool(x)
+    x = model.bottom(x)
+    for level, decoder in zip(reversed(range(spec.depth)), model.decoders):
+        x = F.interpolate(x, scale_factor=spec.pooling[level], mode="nearest")
+        if not (spec.n2v2 and level == 0):
+            x = torch.cat([x, skips[level]], dim=1)
+        x = decoder(x)
+    return model.head(x)
+
+
+@pytest.mark.parametrize("spec", SPECS, ids=str)
+def test_forward_and_gradients_equal_the_textbook_unet(spec: UNetSpec) -> None:
+    model = _trained_like(spec).double().train()
+    x = torch.randn(2, 1, *(16, 24, 32)[-spec.ndim:], dtype=torch.float64)
+    results = []
+    for run in (model, lambda t: _textbook_forward(model, t)):
+        model.zero_grad()
+        out = run(x)
+        out.square().mean().backward()
+        results.append((out.detach(), [p.grad.clone() for p in model.parameters()]))
+    (ours, our_grads), (textbook, textbook_grads) = results
+    torch.testing.assert_close(ours, textbook, rtol=1e-10, atol=1e-10)
+    for ours_grad, textbook_grad in zip(our_grads, textbook_grads):
+        torch.testing.assert_close(ours_grad, textbook_grad, rtol=1e-8, atol=1e-10)
+
+
+def _central(tensor: torch.Tensor, margins: tuple[int, ...]) -> torch.Tensor:
+    return tensor[(..., *(slice(m, n - m) for m, n in zip(margins, tensor.shape[2:])))]
+
+
+CROPPED_CASES = [
+    (UNetSpec(ndim=2, depth=2, base_filters=4), (68, 84), None),
+    (UNetSpec(ndim=2, depth=3, base_filters=4, n2v2=True), (136, 128), (5, 60)),
+    (UNetSpec(ndim=3, depth=2, base_filters=4), (52, 56, 64), None),
+    (UNetSpec(ndim=3, depth=2, base_filters=4), (24, 24, 32), (1, 3, 10)),
+    (UNetSpec(ndim=3, depth=2, base_filters=4, n2v2=True), (60, 60, 64), None),
+    (UNetSpec(ndim=3, depth=2, base_filters=4, pooling=((1, 2, 2), (2, 2, 2))), (34, 56, 60), None),
+    (UNetSpec(ndim=3, depth=2, base_filters=4, pooling=((1, 2, 2), (2, 2, 2)), n2v2=True), (34, 64, 68), None),
+    (UNetSpec(ndim=3, depth=2, base_filters=4, pooling=((1, 2, 2), (2, 2, 2)), n2v2=True), (16, 40, 40), (2, 7, 19)),
+]
+
+
+@pytest.mark.parametrize(("spec", "shape", "margins"), CROPPED_CASES, ids=str)
+def test_forward_cropped_equals_the_central_crop_of_forward(spec: UNetSpec, shape: tuple[int, ...],
+                                                            margins: tuple[int, ...] | None) -> None:
+    model = _trained_like(spec)
+    margins = margins or receptive_reach(spec)
+    x = torch.randn(2, 1, *shape)
+    with torch.no_grad():
+        cropped = model.forward_cropped(x, margins)
+        whole = model(x)
+    assert cropped.shape[2:] == tuple(n - 2 * m for n, m in zip(shape, margins))
+    torch.testing.assert_close(cropped, _central(whole, margins), rtol=1e-5, atol=1e-5)
+
+
+def test_forward_cropped_refuses_training_mode_and_empty_outputs() -> None:
+    model = UNet(UNetSpec(ndim=2, base_filters=2))
+    with pytest.raises(RuntimeError, match="eval mode"):
+        model.forward_cropped(torch.zeros(1, 1, 32, 32), 4)
+    with pytest.raises(ValueError, match="margin"):
+        model.eval().forward_cropped(torch.zeros(1, 1, 32, 32), 16)
+
+
+@pytest.mark.parametrize("n2v2", [False, True])
+def test_forward_cropped_needs_far_fewer_flops_on_a_block_with_its_halo(n2v2: bool) -> None:
+    spec = UNetSpec(ndim=3, depth=2, base_filters=32, n2v2=n2v2)
+    model = UNet(spec).to("meta").eval()
+    x = torch.empty(1, 1, 64, 96, 96, device="meta")
+    flops = []
+    for run in (model, lambda t: model.forward_cropped(t, receptive_reach(spec))):
+        with FlopCounterMode(display=False) as counter, torch.no_grad():
+            run(x)
+        flops.append(counter.get_total_flops())
+    assert flops[1] < 0.8 * flops[0]

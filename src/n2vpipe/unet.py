@@ -1,14 +1,27 @@
-"""2D/3D U-Net for Noise2Void, with per-axis pooling and its receptive field.
+"""2D/3D U-Net for Noise2Void and N2V2, with per-axis pooling and its receptive field.
 
-Each level has two 3-wide convolutions (BatchNorm optional, ReLU), max pooling
+Each level has two 3-wide convolutions (BatchNorm optional, ReLU), downsampling
 with a per-level, per-axis factor ((1, 2, 2) keeps Z resolution for strongly
 anisotropic stacks), nearest-neighbour upsampling and skip connections, then a
 1x1 output convolution.
 
+Nearest upsampling followed by the first decoder convolution is computed as one
+transposed convolution on the coarse features (:func:`upsample_conv`): the same
+function and weights, with 8/27 of the multiply-adds for the upsampled channels
+of an isotropic 3D level and no upsampled tensor in memory.
+
+N2V2 (Höck et al. 2022) removes the checkerboard artefacts of Noise2Void with
+two changes: max-blur-pooling (max pooling at stride 1, then a binomial
+``[1, 2, 1] / 4`` blur with the pooling stride, on pooled axes only) and no skip
+connection at the top, full-resolution level.
+
 Receptive field: a convolution at a level whose voxels are ``j`` input voxels
-wide reaches ``j`` further in each direction; a pooling step by ``p`` reaches
-``(p - 1) * j`` further in the worst alignment. :func:`receptive_reach` adds
-these along the deepest path; the full receptive field is ``2 * reach + 1``.
+wide reaches ``j`` further in each direction; a max pooling step by ``p``
+reaches ``(p - 1) * j`` further in the worst alignment, and the blur of
+max-blur-pooling one fine voxel (``j``) more on either side. Nearest
+upsampling adds nothing beyond the alignment already counted at pooling.
+:func:`receptive_reach` adds these along the deepest path (which both variants
+keep); the full receptive field is ``2 * reach + 1``.
 """
 
 from __future__ import annotations
@@ -18,9 +31,11 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 CONVS_PER_LEVEL = 2
+BLUR_TAPS = (1.0, 2.0, 1.0)
 
 
 @dataclass(frozen=True)
@@ -34,6 +49,7 @@ class UNetSpec:
     pooling: tuple[tuple[int, ...], ...] = field(default=())
     in_channels: int = 1
     out_channels: int = 1
+    n2v2: bool = False
 
     def __post_init__(self) -> None:
         if self.ndim not in (2, 3):
@@ -50,7 +66,7 @@ class UNetSpec:
 
     @classmethod
     def from_dict(cls, data: dict) -> UNetSpec:
-        """Inverse of :meth:`to_dict`."""
+        """Inverse of :meth:`to_dict`; a description without ``n2v2`` (older models) means plain N2V."""
         return cls(**{**data, "pooling": tuple(tuple(level) for level in data["pooling"])})
 
 
@@ -69,8 +85,14 @@ def anisotropic_pooling(depth: int, spatial_scale: Sequence[float]) -> tuple[tup
 
 
 def total_downsampling(spec: UNetSpec) -> tuple[int, ...]:
-    """Product of pooling factors per axis: block origins must sit on this grid."""
+    """Product of pooling strides per axis (both variants): input sizes and block origins sit on this grid."""
     return tuple(math.prod(level[axis] for level in spec.pooling) for axis in range(spec.ndim))
+
+
+def _pooling_reach(factor: int, n2v2: bool) -> int:
+    """Extra reach of one pooling step, in units of the finer level's voxels."""
+    blur = len(BLUR_TAPS) // 2 if n2v2 and factor > 1 else 0
+    return factor - 1 + blur
 
 
 def receptive_reach(spec: UNetSpec) -> tuple[int, ...]:
@@ -80,7 +102,7 @@ def receptive_reach(spec: UNetSpec) -> tuple[int, ...]:
         jump, total = 1, 0
         for level in spec.pooling:
             total += CONVS_PER_LEVEL * jump
-            total += (level[axis] - 1) * jump
+            total += _pooling_reach(level[axis], spec.n2v2) * jump
             jump *= level[axis]
         total += CONVS_PER_LEVEL * jump
         for level in reversed(spec.pooling):
@@ -111,42 +133,197 @@ def _conv_block(ndim: int, in_channels: int, out_channels: int, batch_norm: bool
     return nn.Sequential(*layers)
 
 
+def _upsample_taps(factor: int) -> torch.Tensor:
+    """``(factor + 2, 3)`` 0/1 matrix: which taps of a 3-wide kernel on nearest-upsampled data hit each coarse offset.
+
+    Row ``t + 1`` is fine offset ``t`` (in ``[-1, factor]``) from ``factor`` times a coarse
+    index; tap ``k`` reads fine voxel ``f + k - 1``, i.e. coarse voxel ``(f + k - 1) // factor``.
+    """
+    offsets = torch.arange(-1, factor + 1)[:, None]
+    taps = torch.arange(3)[None, :]
+    return ((taps >= 1 - offsets) & (taps <= factor - offsets)).float()
+
+
+def upsample_conv(x: torch.Tensor, weight: torch.Tensor, factors: tuple[int, ...],
+                  bias: torch.Tensor | None = None) -> torch.Tensor:
+    """``conv(upsample_nearest(x, factors), weight, bias, padding=1)`` as one transposed convolution.
+
+    A fine voxel's 3-wide window covers at most two coarse voxels per upsampled axis,
+    so the kernel folds into a ``factor + 2`` wide transposed kernel with stride ``factor``.
+    """
+    kernel = weight
+    for axis, factor in enumerate(factors):
+        folded = torch.tensordot(kernel, _upsample_taps(factor).to(weight), dims=([2 + axis], [1]))
+        kernel = torch.movedim(folded, -1, 2 + axis)
+    transposed = F.conv_transpose3d if len(factors) == 3 else F.conv_transpose2d
+    return transposed(x, kernel.transpose(0, 1), bias, stride=factors, padding=1)
+
+
+class MaxBlurPool(nn.Module):
+    """N2V2 downsampling: max pooling at stride 1, then a fixed binomial blur with the pooling stride.
+
+    Axes with factor 1 are neither pooled nor blurred. The blur kernel is a
+    non-persistent buffer, so it is not a parameter and not in the state dict.
+    """
+
+    def __init__(self, factors: tuple[int, ...]) -> None:
+        super().__init__()
+        self.factors = factors
+        kernel = torch.ones(())
+        for factor in factors:
+            taps = torch.tensor(BLUR_TAPS) if factor > 1 else torch.ones(1)
+            kernel = kernel[..., None] * (taps / taps.sum())
+        self.register_buffer("kernel", kernel, persistent=False)
+        self.padding = tuple(len(BLUR_TAPS) // 2 if factor > 1 else 0 for factor in factors)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Downsample ``x`` of shape ``(B, C, *spatial)`` by the factors."""
+        three_d = len(self.factors) == 3
+        x = (F.max_pool3d if three_d else F.max_pool2d)(x, kernel_size=self.factors, stride=1)
+        weight = self.kernel.to(x.dtype).expand(x.shape[1], 1, *self.kernel.shape)
+        conv = F.conv3d if three_d else F.conv2d
+        return conv(x, weight, stride=self.factors, padding=self.padding, groups=x.shape[1])
+
+
+def _pool(spec: UNetSpec, factors: tuple[int, ...]) -> nn.Module:
+    """Max pooling for N2V, max-blur-pooling for N2V2."""
+    if spec.n2v2:
+        return MaxBlurPool(factors)
+    pool = nn.MaxPool3d if spec.ndim == 3 else nn.MaxPool2d
+    return pool(kernel_size=factors, stride=factors)
+
+
+Window = tuple[tuple[int, int], ...]
+
+
+def _grow(window: Window, by: int, shape: Sequence[int]) -> Window:
+    """``window`` grown by ``by`` on each side, clipped to ``[0, shape)``."""
+    return tuple((max(0, lo - by), min(n, hi + by)) for (lo, hi), n in zip(window, shape))
+
+
+def _coarsen(window: Window, factors: Sequence[int]) -> Window:
+    """Smallest window of the coarser level whose nearest upsampling covers ``window``."""
+    return tuple((lo // f, -(-hi // f)) for (lo, hi), f in zip(window, factors))
+
+
+def _starts(window: Window) -> tuple[int, ...]:
+    """First voxel of ``window`` per axis."""
+    return tuple(lo for lo, _ in window)
+
+
+def _crop(x: torch.Tensor, window: Window, origin: Sequence[int]) -> torch.Tensor:
+    """The part of ``x`` (whose first voxel sits at ``origin``) inside ``window``."""
+    return x[(..., *(slice(lo - o, hi - o) for (lo, hi), o in zip(window, origin)))]
+
+
 class UNet(nn.Module):
     """U-Net built from a :class:`UNetSpec`; input sizes must be multiples of the total downsampling."""
 
     def __init__(self, spec: UNetSpec) -> None:
         super().__init__()
         self.spec = spec
-        pool = nn.MaxPool3d if spec.ndim == 3 else nn.MaxPool2d
         widths = [spec.base_filters * 2**level for level in range(spec.depth + 1)]
         self.encoders = nn.ModuleList()
         self.pools = nn.ModuleList()
         channels = spec.in_channels
         for level in range(spec.depth):
             self.encoders.append(_conv_block(spec.ndim, channels, widths[level], spec.batch_norm))
-            self.pools.append(pool(kernel_size=spec.pooling[level], stride=spec.pooling[level]))
+            self.pools.append(_pool(spec, spec.pooling[level]))
             channels = widths[level]
         self.bottom = _conv_block(spec.ndim, channels, widths[spec.depth], spec.batch_norm)
-        self.upsamples = nn.ModuleList()
         self.decoders = nn.ModuleList()
         for level in reversed(range(spec.depth)):
-            self.upsamples.append(nn.Upsample(scale_factor=spec.pooling[level], mode="nearest"))
+            skip_width = 0 if self._drops_skip(level) else widths[level]
             self.decoders.append(
-                _conv_block(spec.ndim, widths[level + 1] + widths[level], widths[level], spec.batch_norm)
+                _conv_block(spec.ndim, widths[level + 1] + skip_width, widths[level], spec.batch_norm)
             )
         self.head = _conv(spec.ndim)(widths[0], spec.out_channels, kernel_size=1)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Denoise ``x`` of shape ``(B, C, *spatial)``."""
+    def _drops_skip(self, level: int) -> bool:
+        """N2V2 has no skip connection at the top (full-resolution) level."""
+        return self.spec.n2v2 and level == 0
+
+    def _encode(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """Encoder path: the pooled input of the bottom block, and the skip tensors from the top down."""
         skips = []
         for encoder, pool in zip(self.encoders, self.pools):
             x = encoder(x)
             skips.append(x)
             x = pool(x)
+        return x, skips
+
+    def _decode(self, level: int, x: torch.Tensor, skip: torch.Tensor,
+                offset: Sequence[int] | None = None) -> torch.Tensor:
+        """The decoder block of ``level`` on ``cat([upsample(x), skip])``, building neither tensor.
+
+        The block's first convolution is split into :func:`upsample_conv` on ``x`` and a
+        convolution of ``skip`` (only its shape is used where N2V2 drops the skip).
+        ``skip`` may be a window of the skip tensor that starts ``offset`` fine voxels
+        into the upsampled ``x`` (see :meth:`forward_cropped`).
+        """
+        block = self.decoders[len(self.decoders) - 1 - level]
+        conv, up_width = block[0], x.shape[1]
+        x = upsample_conv(x, conv.weight[:, :up_width], self.spec.pooling[level], conv.bias)
+        if offset is not None:
+            x = x[(..., *(slice(o, o + n) for o, n in zip(offset, skip.shape[2:])))]
+        if not self._drops_skip(level):
+            convolve = F.conv3d if self.spec.ndim == 3 else F.conv2d
+            x = x + convolve(skip, conv.weight[:, up_width:], padding=1)
+        for layer in list(block)[1:]:
+            x = layer(x)
+        return x
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Denoise ``x`` of shape ``(B, C, *spatial)``."""
+        x, skips = self._encode(x)
         x = self.bottom(x)
-        for upsample, decoder, skip in zip(self.upsamples, self.decoders, reversed(skips)):
-            x = decoder(torch.cat([upsample(x), skip], dim=1))
+        for level in reversed(range(self.spec.depth)):
+            x = self._decode(level, x, skips[level])
         return self.head(x)
+
+    def forward_cropped(self, x: torch.Tensor, margin: int | Sequence[int]) -> torch.Tensor:
+        """``self(x)`` less ``margin`` voxels on each side of each axis, running the decoder only where needed.
+
+        Equals ``self(x)[..., m:-m, ...]`` (up to float rounding). The encoder
+        runs on all of ``x``; the bottom block and each decoder level run only on
+        the window that the rest of the network needs: the central output grown
+        by the remaining convolutions' reach, rounded out to the coarser level's
+        voxels for the upsampling convolution. A window edge inside ``x`` gives wrong values
+        only within that reach of the edge, which are then cropped away, so the
+        result is exact. With ``margin`` at least :func:`receptive_reach`, the
+        output does not depend on how ``x`` was padded. BatchNorm must be in eval
+        mode (batch statistics of a cropped tensor differ).
+        """
+        if self.training and self.spec.batch_norm:
+            raise RuntimeError("forward_cropped needs eval mode: BatchNorm batch statistics depend on the crop")
+        spatial = tuple(x.shape[2:])
+        margins = (margin,) * self.spec.ndim if isinstance(margin, int) else tuple(margin)
+        if len(margins) != self.spec.ndim or any(m < 0 or 2 * m >= n for m, n in zip(margins, spatial)):
+            raise ValueError(f"margin {margin} does not leave an output inside the input {spatial}")
+        needed, windows = self._decoder_windows(spatial, margins)
+        x, skips = self._encode(x)
+        origin = (0,) * self.spec.ndim
+        x = self.bottom(_crop(x, windows[-1], origin))
+        for level in reversed(range(self.spec.depth)):
+            coarse = needed[level + 1]
+            x = _crop(x, coarse, _starts(windows[level + 1]))
+            offset = [lo - c * f for lo, (c, _), f in zip(_starts(windows[level]), coarse, self.spec.pooling[level])]
+            x = self._decode(level, x, _crop(skips[level], windows[level], origin), offset)
+        return self.head(_crop(x, needed[0], _starts(windows[0])))
+
+    def _decoder_windows(self, spatial: tuple[int, ...],
+                         margins: tuple[int, ...]) -> tuple[list[Window], list[Window]]:
+        """Per level, top first: the needed output window of its decoder (bottom block last), and its input window."""
+        shape = list(spatial)
+        needed: list[Window] = [tuple((m, n - m) for m, n in zip(margins, spatial))]
+        windows: list[Window] = []
+        for level in range(self.spec.depth + 1):
+            windows.append(_grow(needed[level], CONVS_PER_LEVEL, shape))
+            if level < self.spec.depth:
+                factors = self.spec.pooling[level]
+                needed.append(_coarsen(windows[level], factors))
+                shape = [n // f for n, f in zip(shape, factors)]
+        return needed, windows
 
 
 def memory_format(ndim: int) -> torch.memory_format:
