@@ -106,15 +106,21 @@ def read_with_halo(array: zarr.Array, meta: ImageMeta, block: Block, halo: tuple
     return np.pad(data, pad, mode="reflect") if any(p for pair in pad for p in pair) else data
 
 
-def run_network(model: UNet, data: np.ndarray, grid: tuple[int, ...], device: torch.device) -> np.ndarray:
-    """Apply ``model`` to one normalised single-channel array, padding its end up to the pooling grid."""
+def run_network(model: UNet, data: np.ndarray, grid: tuple[int, ...], device: torch.device,
+                margin: tuple[int, ...] | None = None) -> np.ndarray:
+    """Apply ``model`` to one normalised single-channel array, padding its end up to the pooling grid.
+
+    With ``margin`` the result leaves out ``margin`` voxels at each end of each axis
+    (:meth:`UNet.forward_cropped`: the decoder runs only where the output needs it).
+    """
     pad = [(0, (-s) % g) for s, g in zip(data.shape, grid)]
     padded = np.pad(data, pad, mode="reflect") if any(p for _, p in pad) else data
     tensor = torch.from_numpy(np.ascontiguousarray(padded))[None, None]
     tensor = tensor.to(device, memory_format=memory_format(data.ndim))
     with torch.inference_mode(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
-        out = model(tensor).float()[0, 0].cpu().numpy()
-    return out[tuple(slice(0, s) for s in data.shape)]
+        out = model(tensor) if margin is None else model.forward_cropped(tensor, margin)
+    kept = data.shape if margin is None else [s - 2 * m for s, m in zip(data.shape, margin)]
+    return out.float()[0, 0].cpu().numpy()[tuple(slice(0, s) for s in kept)]
 
 
 def denoise_with_halo(data: np.ndarray, model: UNet, normalisation: Normalisation, block: Block,
@@ -127,9 +133,8 @@ def denoise_with_halo(data: np.ndarray, model: UNet, normalisation: Normalisatio
     """
     normalised = normalisation.apply(data, block.c)
     with compute_lock or contextlib.nullcontext():
-        out = run_network(model, normalised, grid, device)
-    crop = tuple(slice(h, h + (e - s)) for h, s, e in zip(halo, block.start, block.stop))
-    return normalisation.invert(out[crop], block.c)
+        out = run_network(model, normalised, grid, device, margin=halo)
+    return normalisation.invert(out, block.c)
 
 
 def predict_block(array: zarr.Array, meta: ImageMeta, model: UNet, normalisation: Normalisation, block: Block,

@@ -235,14 +235,15 @@ def masked_loss(prediction: torch.Tensor, target: torch.Tensor, mask: torch.Tens
 
 
 def build_spec(config: TrainConfig, meta: ImageMeta) -> UNetSpec:
-    """Network for this volume: 2D for YX images, 3D otherwise; pooling from the voxel size when ``auto``."""
+    """Network for this volume: 2D for YX images, 3D otherwise; pooling from the voxel size when ``auto``;
+    the N2V2 network (max-blur-pooling, no top skip) for ``variant: n2v2``."""
     ndim = len(meta.spatial_axes)
     if config.pooling == "auto":
         pooling = anisotropic_pooling(config.depth, meta.spatial_scale)
     else:
         pooling = tuple(tuple(level) for level in config.pooling)
     return UNetSpec(ndim=ndim, depth=config.depth, base_filters=config.base_filters,
-                    batch_norm=config.batch_norm, pooling=pooling)
+                    batch_norm=config.batch_norm, pooling=pooling, n2v2=config.variant == "n2v2")
 
 
 def build_scheduler(optimizer: torch.optim.Optimizer, config: TrainConfig) -> torch.optim.lr_scheduler.LRScheduler:

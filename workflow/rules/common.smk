@@ -117,9 +117,10 @@ def estimated_mem_mb(rule_name, acq, threads):
         pool = cfg["train"]["pool_tiles"] * 8 * _voxels(cfg["train"]["patch"])
         return 2000 + math.ceil((patch * filters * 4 * 24 + pool * 4) / MIB)
     if rule_name == "predict":
-        # each worker thread runs the network on one block plus its halo (~1.5x)
-        block = 1.5 * _voxels(cfg["predict"]["block"])
-        return 1000 + math.ceil(threads * block * 4 * (6 * filters + 4) / MIB)
+        # one forward pass at a time (a lock) on block + halo (~3.5x the block at depth 2),
+        # ~14 bytes per input voxel and filter (measured, cropped decoder); I/O buffers per thread
+        block = _voxels(cfg["predict"]["block"])
+        return 500 + math.ceil((3.5 * block * filters * 14 + threads * block * 4 * 4) / MIB)
     return 0
 
 
