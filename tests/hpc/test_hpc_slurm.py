@@ -13,11 +13,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from .conftest import copy_workflow, output_of, snakemake, write_config, write_volume
+from .conftest import ALL_RULES, copy_workflow, output_of, snakemake, write_config, write_volume
 
 pytestmark = [pytest.mark.slurm, pytest.mark.workflow]
 SAMPLES = ("sample_a",)
-RULES = ("ingest", "train", "predict", "export_tiff", "qc_figure")
 CI_ARGS = ("--profile", "slurm", "--slurm-init-seconds-before-status-checks", "1",
            "--seconds-between-status-checks", "2", "--jobs", "4")
 
@@ -75,7 +74,7 @@ def test_demo_runs_through_sbatch_and_failures_name_their_logs(slurm_cluster: di
     rows = sacct(slurm_cluster, list(jobs))
     assert set(rows) == set(jobs), "sacct does not list every submitted job"
     states = sorted(state for _, state, _ in rows.values())
-    assert states.count("COMPLETED") == len(SAMPLES) * len(RULES), rows
+    assert states.count("COMPLETED") == len(SAMPLES) * len(ALL_RULES), rows
     assert states.count("FAILED") == 2, rows
     failed_mem = sorted(mem for _, state, mem in rows.values() if state == "FAILED")
     assert failed_mem[1] == 2 * failed_mem[0], f"the retry should ask for twice the memory: {rows}"
