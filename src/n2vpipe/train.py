@@ -28,7 +28,7 @@ import torch
 import zarr
 from tqdm import tqdm
 
-from n2vpipe.io import ImageMeta, atomic_output, open_ome_zarr
+from n2vpipe.io import ImageMeta, atomic_output, open_ome_zarr, sample_voxels
 from n2vpipe.masking import mask_batch, struct_offsets
 from n2vpipe.model_io import ModelDescription, Normalisation, save_model
 from n2vpipe.qc import plot_training_log
@@ -146,19 +146,9 @@ def estimate_normalisation(array: zarr.Array, meta: ImageMeta, rng: np.random.Ge
     Up to ``max_chunks`` random chunks per channel are read; values beyond the
     0.01st / 99.99th percentiles (hot pixels, saturated spots) are left out.
     """
-    spatial_chunks = meta.spatial_chunks(array.chunks)
-    grid = [math.ceil(s / c) for s, c in zip(meta.spatial_shape, spatial_chunks)]
     means, stds = [], []
     for channel in range(meta.size("c")):
-        values = []
-        for _ in range(max_chunks):
-            t = int(rng.integers(meta.size("t")))
-            index = [int(rng.integers(g)) for g in grid]
-            start = tuple(i * c for i, c in zip(index, spatial_chunks))
-            stop = tuple(min(s + c, n) for s, c, n in zip(start, spatial_chunks, meta.spatial_shape))
-            block = np.asarray(array[meta.key(t, channel, start, stop)]).ravel()
-            values.append(rng.choice(block, size=min(samples_per_chunk, block.size), replace=False))
-        sample = np.concatenate(values).astype(np.float64)
+        sample = sample_voxels(array, meta, channel, rng, max_chunks, samples_per_chunk)
         low, high = np.percentile(sample, [0.01, 99.99])
         kept = sample[(sample >= low) & (sample <= high)]
         means.append(float(kept.mean()))
