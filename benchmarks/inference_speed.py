@@ -45,13 +45,11 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from n2vpipe.ingest import ingest_tiff
 from n2vpipe.model_io import ModelDescription, Normalisation, save_model
-from n2vpipe.predict import fuse_batch_norm
+from n2vpipe.predict import fuse_batch_norm, halo_on_grid
 from n2vpipe.unet import (
     UNet,
     UNetSpec,
     memory_format,
-    receptive_reach,
-    total_downsampling,
 )
 
 SCHEMA = Path(__file__).resolve().parents[1] / "config" / "schema.yaml"
@@ -161,8 +159,8 @@ def conv_rate(model: torch.nn.Module, tile: tuple[int, ...], per_voxel: float, r
 
 
 def rate_tile(block: tuple[int, int, int]) -> tuple[int, ...]:
-    """What n2vpipe feeds its network per block: the block plus its halo, rounded up to the pooling grid."""
-    return tuple(-(-(b + 2 * h) // g) * g for b, h, g in zip(block, receptive_reach(SPEC), total_downsampling(SPEC)))
+    """What n2vpipe feeds its network for a block inside the volume: the block plus its halo on both sides."""
+    return tuple(b + 2 * h for b, h in zip(block, halo_on_grid(SPEC)))
 
 
 def command_output(command: str) -> str:

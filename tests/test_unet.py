@@ -10,7 +10,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from n2vpipe.io import ImageMeta
 from n2vpipe.model_io import Normalisation
-from n2vpipe.predict import Block, plan_blocks, predict_block, run_network
+from n2vpipe.predict import halo_on_grid, plan_blocks, predict_block, read_with_halo, run_network
 from n2vpipe.unet import (
     MaxBlurPool,
     UNet,
@@ -93,15 +93,32 @@ def test_tiled_prediction_equals_whole_volume_prediction(block_shape: tuple[int,
     volume = np.random.default_rng(2).normal(100, 10, size=shape).astype(np.float32)
     meta = ImageMeta("zyx", shape, "float32", (1.0, 1.0, 1.0))
     norm = Normalisation((100.0,), (10.0,))
-    grid, halo, cpu = total_downsampling(spec), receptive_reach(spec), torch.device("cpu")
-    whole = predict_block(volume, meta, model, norm, Block(0, 0, (0, 0, 0), shape), halo, grid, cpu)
+    grid, halo, cpu = total_downsampling(spec), halo_on_grid(spec), torch.device("cpu")
+    whole = norm.invert(run_network(model, norm.apply(volume, 0), grid, cpu), 0)
     tiled = np.full(shape, np.nan, dtype=np.float32)
-    for block in plan_blocks(meta, block_shape, block_shape, grid):
+    blocks = plan_blocks(meta, block_shape, block_shape, grid)
+    assert len(blocks) > 1
+    for block in blocks:
         region = tuple(slice(a, b) for a, b in zip(block.start, block.stop))
         tiled[region] = predict_block(volume, meta, model, norm, block, halo, grid, cpu)
     assert not np.isnan(tiled).any()
     # rtol: float32 rounding of the added-back mean (N2V2's blur makes an untrained model's output very flat)
     np.testing.assert_allclose(tiled, whole, rtol=1e-6, atol=1e-4 * (whole.max() - whole.min()))
+
+
+def test_blocks_read_a_grid_aligned_halo_inside_the_volume_and_none_beyond_its_border() -> None:
+    spec = UNetSpec(ndim=3, depth=2, base_filters=4, pooling=((1, 2, 2), (2, 2, 2)))
+    halo = halo_on_grid(spec)
+    assert receptive_reach(spec) == (13, 23, 23) and halo == (14, 24, 24)  # rounded up to the grid (2, 4, 4)
+    shape = (20, 64, 96)
+    meta = ImageMeta("zyx", shape, "float32", (1.0, 1.0, 1.0))
+    volume = np.arange(np.prod(shape), dtype=np.float32).reshape(shape)
+    first, middle = plan_blocks(meta, (20, 32, 32), (20, 32, 32), total_downsampling(spec))[:2]
+    data, margins = read_with_halo(volume, meta, first, halo)
+    assert margins == ((0, 0), (0, 24), (0, 24)) and data.shape == (20, 56, 56)
+    data, margins = read_with_halo(volume, meta, middle, halo)
+    assert margins == ((0, 0), (0, 24), (24, 24)) and data.shape == (20, 56, 80)
+    assert data[0, 0, 0] == volume[0, 0, 8]
 
 
 def test_blocks_off_the_pooling_grid_are_refused() -> None:
@@ -218,6 +235,20 @@ def test_forward_cropped_refuses_training_mode_and_empty_outputs() -> None:
         model.forward_cropped(torch.zeros(1, 1, 32, 32), 4)
     with pytest.raises(ValueError, match="margin"):
         model.eval().forward_cropped(torch.zeros(1, 1, 32, 32), 16)
+    with pytest.raises(ValueError, match="margin"):
+        model.eval().forward_cropped(torch.zeros(1, 1, 32, 32), [(0, 32), (0, 0)])
+
+
+@pytest.mark.parametrize("n2v2", [False, True])
+def test_forward_cropped_with_uneven_margins_equals_that_crop_of_forward(n2v2: bool) -> None:
+    spec = UNetSpec(ndim=3, depth=2, base_filters=4, pooling=((1, 2, 2), (2, 2, 2)), n2v2=n2v2)
+    model = _trained_like(spec)
+    x = torch.randn(1, 1, 24, 48, 56)
+    margins = [(0, 9), (17, 0), (3, 21)]
+    with torch.no_grad():
+        cropped = model.forward_cropped(x, margins)
+        whole = model(x)
+    torch.testing.assert_close(cropped, whole[..., 0:15, 17:48, 3:35], rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("n2v2", [False, True])

@@ -1,10 +1,12 @@
 """Tiled, dask-parallel, resumable Noise2Void inference over an OME-Zarr volume.
 
 Blocks are whole multiples of the output zarr chunks and start on the
-network's pooling grid. Each block reads itself plus a halo equal to the
-network's receptive reach (reflect-padded at the volume border, exactly as the
-whole volume would be), predicts, crops, and writes only its own chunks; so the
-tiled result equals the whole-volume result and no two tasks share a chunk.
+network's pooling grid. Each block reads itself plus a halo of the network's
+receptive reach (rounded up to the pooling grid) where the volume goes on; at
+the volume border it reads no halo, because the network pads there exactly as
+it does for the whole volume. It predicts, crops, and writes only its own chunks;
+so the tiled result equals the whole-volume result, ``model(volume)``, and no two
+tasks share a chunk.
 A marker per finished block lets a killed run resume with the missing blocks.
 
 One acquisition's blocks can be split into parts run as separate jobs (on
@@ -49,7 +51,7 @@ from n2vpipe.io import (
 )
 from n2vpipe.model_io import WEIGHTS_FILE, Normalisation, load_model
 from n2vpipe.train import select_device
-from n2vpipe.unet import UNet, memory_format, receptive_reach, total_downsampling
+from n2vpipe.unet import UNet, UNetSpec, Window, memory_format, receptive_reach, total_downsampling
 
 log = logging.getLogger(__name__)
 
@@ -97,20 +99,27 @@ def plan_blocks(meta: ImageMeta, block_shape: tuple[int, ...], chunks: tuple[int
     return blocks
 
 
-def read_with_halo(array: zarr.Array, meta: ImageMeta, block: Block, halo: tuple[int, ...]) -> np.ndarray:
-    """Read ``block`` grown by ``halo`` on each side, reflect-padding what lies outside the volume."""
+def halo_on_grid(spec: UNetSpec) -> tuple[int, ...]:
+    """Halo per axis: the receptive reach rounded up to the pooling grid, so that a block read with it
+    still starts on the grid."""
+    return tuple(-(-r // g) * g for r, g in zip(receptive_reach(spec), total_downsampling(spec)))
+
+
+def read_with_halo(array: zarr.Array, meta: ImageMeta, block: Block,
+                   halo: tuple[int, ...]) -> tuple[np.ndarray, Window]:
+    """Read ``block`` grown by ``halo`` on each side, clipped to the volume; return it with the
+    ``(before, after)`` margin per axis that lies outside the block (0 at the volume border)."""
     lo = [max(0, s - h) for s, h in zip(block.start, halo)]
     hi = [min(n, e + h) for e, h, n in zip(block.stop, halo, meta.spatial_shape)]
-    data = np.asarray(array[meta.key(block.t, block.c, lo, hi)])
-    pad = [(a - (s - h), (e + h) - b) for a, b, s, e, h in zip(lo, hi, block.start, block.stop, halo)]
-    return np.pad(data, pad, mode="reflect") if any(p for pair in pad for p in pair) else data
+    margins = tuple((s - a, b - e) for a, b, s, e in zip(lo, hi, block.start, block.stop))
+    return np.asarray(array[meta.key(block.t, block.c, lo, hi)]), margins
 
 
 def run_network(model: UNet, data: np.ndarray, grid: tuple[int, ...], device: torch.device,
-                margin: tuple[int, ...] | None = None) -> np.ndarray:
-    """Apply ``model`` to one normalised single-channel array, padding its end up to the pooling grid.
+                margins: Window | None = None) -> np.ndarray:
+    """Apply ``model`` to one normalised single-channel array, reflect-padding its end up to the pooling grid.
 
-    With ``margin`` the result leaves out ``margin`` voxels at each end of each axis
+    With ``margins`` (``(before, after)`` per axis) the result leaves them out
     (:meth:`UNet.forward_cropped`: the decoder runs only where the output needs it).
     """
     pad = [(0, (-s) % g) for s, g in zip(data.shape, grid)]
@@ -118,22 +127,25 @@ def run_network(model: UNet, data: np.ndarray, grid: tuple[int, ...], device: to
     tensor = torch.from_numpy(np.ascontiguousarray(padded))[None, None]
     tensor = tensor.to(device, memory_format=memory_format(data.ndim))
     with torch.inference_mode(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
-        out = model(tensor) if margin is None else model.forward_cropped(tensor, margin)
-    kept = data.shape if margin is None else [s - 2 * m for s, m in zip(data.shape, margin)]
-    return out.float()[0, 0].cpu().numpy()[tuple(slice(0, s) for s in kept)]
+        if margins is None:
+            out = model(tensor)[(..., *(slice(0, s) for s in data.shape))]
+        else:
+            out = model.forward_cropped(tensor, [(lo, hi + p) for (lo, hi), (_, p) in zip(margins, pad)])
+    return out.float()[0, 0].cpu().numpy()
 
 
-def denoise_with_halo(data: np.ndarray, model: UNet, normalisation: Normalisation, block: Block,
-                      halo: tuple[int, ...], grid: tuple[int, ...], device: torch.device,
+def denoise_with_halo(data: np.ndarray, margins: Window, model: UNet, normalisation: Normalisation, block: Block,
+                      grid: tuple[int, ...], device: torch.device,
                       compute_lock: contextlib.AbstractContextManager | None = None) -> np.ndarray:
-    """Denoise ``block`` from its data read with halo (intensities in the input's scale, float32).
+    """Denoise ``block`` from its data read with halo (``margins`` around it; intensities in the input's
+    scale, float32).
 
     ``compute_lock``, when given, is held only around the forward pass, so other
     blocks' reads and writes overlap with it.
     """
     normalised = normalisation.apply(data, block.c)
     with compute_lock or contextlib.nullcontext():
-        out = run_network(model, normalised, grid, device, margin=halo)
+        out = run_network(model, normalised, grid, device, margins)
     return normalisation.invert(out, block.c)
 
 
@@ -141,8 +153,8 @@ def predict_block(array: zarr.Array, meta: ImageMeta, model: UNet, normalisation
                   halo: tuple[int, ...], grid: tuple[int, ...], device: torch.device,
                   compute_lock: contextlib.AbstractContextManager | None = None) -> np.ndarray:
     """Read ``block`` with its halo from ``array`` and denoise it (see :func:`denoise_with_halo`)."""
-    data = read_with_halo(array, meta, block, halo)
-    return denoise_with_halo(data, model, normalisation, block, halo, grid, device, compute_lock)
+    data, margins = read_with_halo(array, meta, block, halo)
+    return denoise_with_halo(data, margins, model, normalisation, block, grid, device, compute_lock)
 
 
 def fuse_batch_norm(module: torch.nn.Module) -> torch.nn.Module:
@@ -341,7 +353,7 @@ def predict_part(raw_zarr: Path, model_dir: Path, dst: Path, block_shape: Mappin
     if meta.spatial_axes != description.spatial_axes:
         raise ValueError(f"{raw_zarr}: axes {meta.spatial_axes} do not match the model's {description.spatial_axes}")
     grid = total_downsampling(description.spec)
-    halo = receptive_reach(description.spec)
+    halo = halo_on_grid(description.spec)
     block = tuple(min(int(block_shape[a]), s) for a, s in zip(meta.spatial_axes, meta.spatial_shape))
     blocks = plan_blocks(meta, block, block, grid)
     torch.set_num_threads(max(1, threads))
@@ -363,9 +375,9 @@ def predict_part(raw_zarr: Path, model_dir: Path, dst: Path, block_shape: Mappin
 
     def process(item: Block) -> None:
         tick = time.perf_counter()
-        data = read_with_halo(array, meta, item, halo)
+        data, margins = read_with_halo(array, meta, item, halo)
         read_done = time.perf_counter()
-        result = denoise_with_halo(data, model, description.normalisation, item, halo, grid, torch_device,
+        result = denoise_with_halo(data, margins, model, description.normalisation, item, grid, torch_device,
                                    compute_lock)
         computed = time.perf_counter()
         target[meta.key(item.t, item.c, item.start, item.stop)] = encoding.encode(result, item.c)

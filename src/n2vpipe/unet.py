@@ -196,6 +196,14 @@ def _pool(spec: UNetSpec, factors: tuple[int, ...]) -> nn.Module:
 Window = tuple[tuple[int, int], ...]
 
 
+def margin_pairs(margin: int | Sequence[int | tuple[int, int]], ndim: int) -> Window:
+    """``(before, after)`` per axis from one margin for all ends, one per axis, or pairs per axis."""
+    per_axis = (margin,) * ndim if isinstance(margin, int) else tuple(margin)
+    if len(per_axis) != ndim:
+        raise ValueError(f"margin {margin} needs one entry per axis ({ndim})")
+    return tuple((m, m) if isinstance(m, int) else (int(m[0]), int(m[1])) for m in per_axis)
+
+
 def _grow(window: Window, by: int, shape: Sequence[int]) -> Window:
     """``window`` grown by ``by`` on each side, clipped to ``[0, shape)``."""
     return tuple((max(0, lo - by), min(n, hi + by)) for (lo, hi), n in zip(window, shape))
@@ -281,10 +289,11 @@ class UNet(nn.Module):
             x = self._decode(level, x, skips[level])
         return self.head(x)
 
-    def forward_cropped(self, x: torch.Tensor, margin: int | Sequence[int]) -> torch.Tensor:
-        """``self(x)`` less ``margin`` voxels on each side of each axis, running the decoder only where needed.
+    def forward_cropped(self, x: torch.Tensor, margin: int | Sequence[int | tuple[int, int]]) -> torch.Tensor:
+        """``self(x)`` less ``margin`` voxels at the ends of each axis, running the decoder only where needed.
 
-        Equals ``self(x)[..., m:-m, ...]`` (up to float rounding). The encoder
+        ``margin`` is one number for every end, one per axis, or a ``(before, after)``
+        pair per axis. Equals ``self(x)[..., before:-after, ...]`` (up to float rounding). The encoder
         runs on all of ``x``; the bottom block and each decoder level run only on
         the window that the rest of the network needs: the central output grown
         by the remaining convolutions' reach, rounded out to the coarser level's
@@ -297,8 +306,8 @@ class UNet(nn.Module):
         if self.training and self.spec.batch_norm:
             raise RuntimeError("forward_cropped needs eval mode: BatchNorm batch statistics depend on the crop")
         spatial = tuple(x.shape[2:])
-        margins = (margin,) * self.spec.ndim if isinstance(margin, int) else tuple(margin)
-        if len(margins) != self.spec.ndim or any(m < 0 or 2 * m >= n for m, n in zip(margins, spatial)):
+        margins = margin_pairs(margin, self.spec.ndim)
+        if any(lo < 0 or hi < 0 or lo + hi >= n for (lo, hi), n in zip(margins, spatial)):
             raise ValueError(f"margin {margin} does not leave an output inside the input {spatial}")
         needed, windows = self._decoder_windows(spatial, margins)
         x, skips = self._encode(x)
@@ -311,11 +320,10 @@ class UNet(nn.Module):
             x = self._decode(level, x, _crop(skips[level], windows[level], origin), offset)
         return self.head(_crop(x, needed[0], _starts(windows[0])))
 
-    def _decoder_windows(self, spatial: tuple[int, ...],
-                         margins: tuple[int, ...]) -> tuple[list[Window], list[Window]]:
+    def _decoder_windows(self, spatial: tuple[int, ...], margins: Window) -> tuple[list[Window], list[Window]]:
         """Per level, top first: the needed output window of its decoder (bottom block last), and its input window."""
         shape = list(spatial)
-        needed: list[Window] = [tuple((m, n - m) for m, n in zip(margins, spatial))]
+        needed: list[Window] = [tuple((lo, n - hi) for (lo, hi), n in zip(margins, spatial))]
         windows: list[Window] = []
         for level in range(self.spec.depth + 1):
             windows.append(_grow(needed[level], CONVS_PER_LEVEL, shape))
