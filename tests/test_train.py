@@ -14,7 +14,16 @@ import torch
 from n2vpipe.ingest import ingest_tiff
 from n2vpipe.io import partial_path
 from n2vpipe.model_io import load_model
-from n2vpipe.train import CHECKPOINT_FILE, TrainConfig, _masked_tensors, augment, split_regions, train_n2v
+from n2vpipe.train import (
+    CHECKPOINT_FILE,
+    TrainConfig,
+    _masked_tensors,
+    augment,
+    budget_progress,
+    learning_rate_at,
+    split_regions,
+    train_n2v,
+)
 from synthetic import poisson_gaussian, smooth_blobs
 
 TINY = dict(patch={"z": 8, "y": 32, "x": 32}, batch_size=2, base_filters=4, validate_every=2,
@@ -189,3 +198,26 @@ def test_bad_struct_mask_fails_before_training(raw_zarr: Path, tmp_path: Path) -
     with pytest.raises(ValueError, match="odd size"):
         train_n2v(raw_zarr, tmp_path / "model", TrainConfig(steps=2, struct_mask=[[1, 1, 1, 1]], **TINY))
     assert not partial_path(tmp_path / "model").exists()
+
+
+def test_cosine_schedule_follows_whichever_budget_is_further_along() -> None:
+    config = TrainConfig(steps=1000, max_minutes=2.0, learning_rate=1e-3)
+    assert budget_progress(config, 100, 60.0) == 0.5
+    assert budget_progress(config, 750, 60.0) == 0.75
+    assert budget_progress(config, 10, 500.0) == 1.0
+    assert budget_progress(TrainConfig(steps=1000), 250, 1e6) == 0.25, "no wall budget: steps only"
+    assert learning_rate_at(config, 0.0) == pytest.approx(1e-3)
+    assert learning_rate_at(config, 0.5) == pytest.approx(0.5 * (1e-3 + 5e-5))
+    assert learning_rate_at(config, 1.0) == pytest.approx(5e-5)
+    assert learning_rate_at(TrainConfig(lr_schedule="constant", learning_rate=1e-3), 0.9) == 1e-3
+
+
+def test_wall_time_budget_ends_training_annealed(raw_zarr: Path, tmp_path: Path) -> None:
+    config = TrainConfig(**{**TINY, "steps": 10**6, "max_minutes": 0.1, "validate_every": 5})
+    train_n2v(raw_zarr, tmp_path / "model", config)
+    history, rows = _history(tmp_path / "model"), _log_rows(tmp_path / "model")
+    assert history["stopped_by"] == "max_minutes" and 10 < history["steps_done"] < 10**6
+    rates = [row["learning_rate"] for row in rows]
+    assert rates == sorted(rates, reverse=True) and rates[0] < config.learning_rate
+    assert rates[-1] < 0.2 * config.learning_rate, "the budget's end is the schedule's end"
+    assert (tmp_path / "model" / "weights.pt").exists()

@@ -4,7 +4,7 @@ Patches come from a bounded pool of chunk-aligned tiles read from the zarr, so
 memory is fixed by the config, not by the volume. Validation uses a spatially
 disjoint slab at the end of the longest axis; the weights with the lowest
 validation loss are the ones saved, and training can stop early once it stops
-improving. A checkpoint (weights, best weights, optimizer, scheduler, RNG
+improving. A checkpoint (weights, best weights, optimizer, RNG
 states, step) is written every ``checkpoint_every`` steps; a run started again
 on the same partial model folder resumes from it.
 """
@@ -236,13 +236,25 @@ def build_spec(config: TrainConfig, meta: ImageMeta) -> UNetSpec:
                     batch_norm=config.batch_norm, pooling=pooling, n2v2=config.variant == "n2v2")
 
 
-def build_scheduler(optimizer: torch.optim.Optimizer, config: TrainConfig) -> torch.optim.lr_scheduler.LRScheduler:
-    """Cosine decay to 5 % of the learning rate over ``steps``, or a constant learning rate."""
-    if config.lr_schedule == "cosine":
-        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=config.steps,
-                                                          eta_min=config.learning_rate * 0.05)
+def budget_progress(config: TrainConfig, step: int, elapsed_s: float) -> float:
+    """How far training is through its budget (0 to 1): the further along of ``steps`` and ``max_minutes``."""
+    fractions = [step / config.steps]
+    if config.max_minutes > 0:
+        fractions.append(elapsed_s / (config.max_minutes * 60))
+    return min(1.0, max(fractions))
+
+
+def learning_rate_at(config: TrainConfig, progress: float) -> float:
+    """Cosine decay from ``learning_rate`` to 5 % of it over the budget, or a constant learning rate.
+
+    Following the budget rather than the step count alone, a run that the wall-time
+    budget ends has annealed by then, so the weights it finishes with are settled.
+    """
     if config.lr_schedule == "constant":
-        return torch.optim.lr_scheduler.ConstantLR(optimizer, factor=1.0, total_iters=0)
+        return config.learning_rate
+    if config.lr_schedule == "cosine":
+        floor = config.learning_rate * 0.05
+        return floor + (config.learning_rate - floor) * 0.5 * (1 + math.cos(math.pi * progress))
     raise ValueError(f"unknown learning-rate schedule {config.lr_schedule!r}")
 
 
@@ -289,8 +301,7 @@ def _masked_tensors(batch: np.ndarray, config: TrainConfig, rng: np.random.Gener
 
 
 def _save_checkpoint(path: Path, step: int, model: UNet, optimizer: torch.optim.Optimizer,
-                     scheduler: torch.optim.lr_scheduler.LRScheduler, rng: np.random.Generator,
-                     elapsed: float, config: TrainConfig, best: BestValidation) -> None:
+                     rng: np.random.Generator, elapsed: float, config: TrainConfig, best: BestValidation) -> None:
     """Write a resumable checkpoint atomically (tensors and plain values only)."""
     state = {
         "config": config.to_dict(),
@@ -299,7 +310,6 @@ def _save_checkpoint(path: Path, step: int, model: UNet, optimizer: torch.optim.
         "model": model.state_dict(),
         "best": best.state_dict(),
         "optimizer": optimizer.state_dict(),
-        "scheduler": scheduler.state_dict(),
         "numpy_rng": rng.bit_generator.state,
         "torch_rng": torch.get_rng_state(),
     }
@@ -309,8 +319,7 @@ def _save_checkpoint(path: Path, step: int, model: UNet, optimizer: torch.optim.
 
 
 def _resume(checkpoint: Path, config: TrainConfig, model: UNet, optimizer: torch.optim.Optimizer,
-            scheduler: torch.optim.lr_scheduler.LRScheduler, rng: np.random.Generator,
-            best: BestValidation, device: torch.device) -> tuple[int, float]:
+            rng: np.random.Generator, best: BestValidation, device: torch.device) -> tuple[int, float]:
     """Restore state from ``checkpoint`` if it was written with the same settings.
 
     Returns the step and elapsed seconds to continue from; ``(0, 0.0)`` for a fresh start.
@@ -325,7 +334,6 @@ def _resume(checkpoint: Path, config: TrainConfig, model: UNet, optimizer: torch
         return 0, 0.0
     model.load_state_dict(state["model"])
     optimizer.load_state_dict(state["optimizer"])
-    scheduler.load_state_dict(state["scheduler"])
     best.load_state_dict(state["best"])
     rng.bit_generator.state = state["numpy_rng"]
     torch.set_rng_state(state["torch_rng"])
@@ -380,14 +388,13 @@ def train_n2v(zarr_path: Path, model_dir: Path, config: TrainConfig, threads: in
         log.warning("early stopping is off: the volume is too small to hold out a validation region")
     model = UNet(spec).to(device, memory_format=memory_format(spec.ndim))
     optimizer = torch.optim.Adam(model.parameters(), lr=config.learning_rate)
-    scheduler = build_scheduler(optimizer, config)
     best = BestValidation(config.early_stopping_min_delta)
     with atomic_output(model_dir, keep_partial_on_error=True) as partial:
         partial.mkdir(parents=True, exist_ok=True)
         checkpoint = partial / CHECKPOINT_FILE
-        step, elapsed_before = _resume(checkpoint, config, model, optimizer, scheduler, rng, best, device)
-        history = _run_steps(model, optimizer, scheduler, pool, val_batch, config, rng, device, partial,
-                             step, elapsed_before, best)
+        step, elapsed_before = _resume(checkpoint, config, model, optimizer, rng, best, device)
+        history = _run_steps(model, optimizer, pool, val_batch, config, rng, device, partial, step,
+                             elapsed_before, best)
         if best.weights is not None:
             model.load_state_dict(best.weights)
             log.info("keeping the weights of step %d (lowest validation loss %.4f)", best.step, best.loss)
@@ -411,8 +418,7 @@ def _truncate_log(log_path: Path, last_step: int) -> None:
         csv.writer(handle).writerows(kept)
 
 
-def _run_steps(model: UNet, optimizer: torch.optim.Optimizer, scheduler: torch.optim.lr_scheduler.LRScheduler,
-               pool: PatchPool, val_batch: Any, config: TrainConfig, rng: np.random.Generator,
+def _run_steps(model: UNet, optimizer: torch.optim.Optimizer, pool: PatchPool, val_batch: Any, config: TrainConfig, rng: np.random.Generator,
                device: torch.device, folder: Path, first_step: int, elapsed_before: float,
                best: BestValidation) -> dict[str, Any]:
     """The optimisation loop; appends to the CSV log, tracks the best validation and checkpoints as it goes."""
@@ -433,6 +439,9 @@ def _run_steps(model: UNet, optimizer: torch.optim.Optimizer, scheduler: torch.o
             writer.writerow(LOG_COLUMNS)
         step = first_step
         while step < config.steps:
+            learning_rate = learning_rate_at(config, budget_progress(config, step, time.monotonic() - started))
+            for group in optimizer.param_groups:
+                group["lr"] = learning_rate
             batch = augment(pool.sample(config.batch_size), rng)
             inputs, targets, masks = _masked_tensors(batch, config, rng, device)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
@@ -441,7 +450,6 @@ def _run_steps(model: UNet, optimizer: torch.optim.Optimizer, scheduler: torch.o
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-            scheduler.step()
             step += 1
             running += loss.detach()  # no .item() here: the CPU prepares the next batch while the GPU works
             running_count += 1
@@ -451,7 +459,7 @@ def _run_steps(model: UNet, optimizer: torch.optim.Optimizer, scheduler: torch.o
             if step % config.validate_every == 0 or step == config.steps or out_of_time:
                 val_loss = _validation_loss(model, val_batch, config.loss)
                 train_loss = float(running) / running_count
-                writer.writerow((step, train_loss, val_loss, scheduler.get_last_lr()[0],
+                writer.writerow((step, train_loss, val_loss, learning_rate,
                                  round(elapsed, 2)))
                 handle.flush()
                 progress.set_postfix(loss=f"{train_loss:.4f}", val=f"{val_loss:.4f}")
@@ -466,8 +474,7 @@ def _run_steps(model: UNet, optimizer: torch.optim.Optimizer, scheduler: torch.o
                     log.info("early stopping at step %d: no improvement in %d validations", step, best.stale)
                     break
             if step % config.checkpoint_every == 0:
-                _save_checkpoint(folder / CHECKPOINT_FILE, step, model, optimizer, scheduler, rng, elapsed, config,
-                                 best)
+                _save_checkpoint(folder / CHECKPOINT_FILE, step, model, optimizer, rng, elapsed, config, best)
             if out_of_time:
                 stop_reason = "max_minutes"
                 break
