@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,17 @@ def parse_shape(text: str) -> tuple[int, int, int]:
     """``64x512x512`` → (64, 512, 512)."""
     z, y, x = (int(v) for v in text.lower().split("x"))
     return z, y, x
+
+
+def parse_setting(text: str) -> tuple[str, Any]:
+    """``key=value`` with the value parsed as JSON when it parses, else kept as a string."""
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"expected key=value, got {text!r}")
+    try:
+        return key, json.loads(value)
+    except json.JSONDecodeError:
+        return key, value
 
 
 def save_results(name: str, machine: str, rows: list[dict[str, Any]], table: list[str]) -> Path:
