@@ -435,9 +435,10 @@ def markdown(rows: list[dict[str, Any]], machine: str) -> list[str]:
                  f"{r['input_psnr']:.2f}", r["method"], score, gain, nyquist, lag, seconds(r["train_s"]), seconds(r["predict_s"]), "-" if r["steps"] is None else r["steps"],
                  " ".join(map(str, r["load_before"])), " ".join(map(str, r["load_after"])), r["notes"]]
         lines.append("| " + " | ".join(map(str, cells)) + " |")
-    config = next((r["config"] for r in reversed(rows) if r["method"].startswith("n2vpipe")), None)
+    config = next((r["config"] for r in reversed(rows) if r["method"] == "n2vpipe"), None)
     if config:
-        lines += ["", f"n2vpipe TrainConfig (latest n2vpipe row): `{json.dumps(config)}`"]
+        lines += ["", f"n2vpipe TrainConfig (latest n2vpipe row; n2vpipe_n2v2 sets variant n2v2, n2vpipe_struct a "
+                      f"struct_mask): `{json.dumps(config)}`"]
     return lines
 
 
