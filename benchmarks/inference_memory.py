@@ -28,14 +28,12 @@ from pathlib import Path
 
 import numpy as np
 import tifffile
-import yaml
+from common import PRINT_PEAK_RSS_KIB, parse_shape, save_results, schema_default
 
-from common import PRINT_PEAK_RSS_KIB, parse_shape, save_results
 from n2vpipe.ingest import ingest_tiff
 from n2vpipe.train import TrainConfig, train_n2v
 
-SCHEMA = Path(__file__).resolve().parents[1] / "config" / "schema.yaml"
-BLOCK = yaml.safe_load(SCHEMA.read_text())["properties"]["predict"]["properties"]["block"]["default"]
+BLOCK = schema_default("predict", "block")
 PREDICT = f"""
 import sys
 from n2vpipe.predict import predict_volume

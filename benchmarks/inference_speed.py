@@ -39,8 +39,7 @@ from typing import Any
 import numpy as np
 import tifffile
 import torch
-import yaml
-from common import parse_shape, save_results
+from common import cpu_model, parse_shape, save_results, schema_default, shape_text
 from torch.utils.flop_counter import FlopCounterMode
 
 from n2vpipe.ingest import ingest_tiff
@@ -52,7 +51,6 @@ from n2vpipe.unet import (
     memory_format,
 )
 
-SCHEMA = Path(__file__).resolve().parents[1] / "config" / "schema.yaml"
 DEFAULT_CAREAMICS_PYTHON = "/tmp/careamics-venv/bin/python"
 SPEC = UNetSpec(ndim=3, depth=2, base_filters=32)
 TARGET_RATIO = 3.0
@@ -117,12 +115,6 @@ print(json.dumps(report))
 """
 
 
-def schema_default(section: str, key: str) -> dict[str, int]:
-    """The default of ``section.key`` in config/schema.yaml (e.g. predict.block)."""
-    schema = yaml.safe_load(SCHEMA.read_text())
-    return schema["properties"][section]["properties"][key]["default"]
-
-
 def make_volume(shape: tuple[int, int, int], seed: int = 0) -> np.ndarray:
     """Noisy uint16 volume: Poisson noise around smooth blobs on a background of 100."""
     rng = np.random.default_rng(seed)
@@ -170,9 +162,7 @@ def command_output(command: str) -> str:
 
 def machine_facts(threads: int) -> dict[str, Any]:
     """CPU model, load (``uptime``), thread count and torch version of this interpreter."""
-    lscpu = command_output("lscpu")
-    model = next((line.split(":", 1)[1].strip() for line in lscpu.splitlines() if line.startswith("Model name")), "?")
-    return {"cpu": model, "cpus": os.cpu_count(), "threads": threads, "uptime_before": command_output("uptime"),
+    return {"cpu": cpu_model(), "cpus": os.cpu_count(), "threads": threads, "uptime_before": command_output("uptime"),
             "torch_n2vpipe": torch.__version__}
 
 
@@ -310,11 +300,6 @@ def describe(facts: dict[str, Any]) -> str:
     return (f"{facts['cpu']} ({facts['cpus']} CPUs), {facts['threads']} threads; torch {facts['torch_n2vpipe']} "
             f"(n2vpipe), torch {facts['torch_careamics']} + CAREamics {facts['careamics']}; "
             f"uptime before: {facts['uptime_before']}; after: {facts['uptime_after']}")
-
-
-def shape_text(shape: list[int]) -> str:
-    """[32, 256, 256] → ``32x256x256``."""
-    return "x".join(map(str, shape))
 
 
 def table_row(row: dict[str, Any], tiling: str, rss: str) -> str:

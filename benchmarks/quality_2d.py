@@ -50,7 +50,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import shutil
 import subprocess
 import sys
@@ -63,7 +62,7 @@ from typing import Any
 import numpy as np
 import tifffile
 import torch
-from common import RESULTS, parse_setting, save_results
+from common import RESULTS, cpu_model, load_average, parse_setting, save_results
 from PIL import Image
 
 from n2vpipe.io import ImageMeta, blosc_compressor, create_ome_zarr, partial_path
@@ -291,20 +290,10 @@ def checkpoint_model(path: Path, description: ModelDescription, device: torch.de
     return model, {"step": int(state["step"]), "elapsed_s": float(state["elapsed_s"])}
 
 
-def load_average() -> list[float]:
-    """1, 5 and 15 minute load averages."""
-    return [round(v, 2) for v in os.getloadavg()]
-
-
 def machine_description(threads: int, device: torch.device) -> str:
-    """CPU model name (from /proc/cpuinfo, else platform.processor), cores, torch threads and the device."""
-    model = platform.processor() or platform.machine()
-    cpuinfo = Path("/proc/cpuinfo")
-    if cpuinfo.exists():
-        model = next((line.split(":", 1)[1].strip() for line in cpuinfo.read_text().splitlines()
-                      if line.startswith("model name")), model)
+    """CPU model name, cores, torch threads and the device."""
     accelerator = f"GPU {torch.cuda.get_device_name(device)}" if device.type == "cuda" else "CPU"
-    return f"{model}, {os.cpu_count()} cores, {threads} torch threads, {accelerator}"
+    return f"{cpu_model()}, {os.cpu_count()} cores, {threads} torch threads, {accelerator}"
 
 
 def parse_args() -> argparse.Namespace:

@@ -57,7 +57,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import subprocess
 import sys
 import tempfile
@@ -66,18 +65,25 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import yaml
-from common import RESULTS, parse_setting, parse_shape, save_results
+from common import (
+    RESULTS,
+    cpu_model,
+    load_average,
+    parse_setting,
+    parse_shape,
+    run_worker,
+    save_results,
+    schema_default,
+    shape_text,
+)
 from scipy import ndimage
 
 from n2vpipe.io import ImageMeta, blosc_compressor, create_ome_zarr
 
 SRC = Path(__file__).resolve().parents[1] / "src"
-SCHEMA = Path(__file__).resolve().parents[1] / "config" / "schema.yaml"
 CAREAMICS_WORKER = Path(__file__).with_name("quality_careamics_worker.py")
 DEFAULT_CAREAMICS_PYTHON = "/tmp/careamics-venv/bin/python"
 DEFAULT_BM4D_PYTHON = "/tmp/bm4d-venv/bin/python"
-RESULT_PREFIX = "RESULT "
 METHODS = ("n2vpipe", "n2vpipe_n2v2", "n2vpipe_struct", "careamics_n2v", "careamics_n2v2", "gaussian", "bm4d")
 GAIN = 2.0
 READ_SIGMA = 4.0
@@ -233,37 +239,6 @@ def inverse_generalised_anscombe(d: np.ndarray, gain: float, sigma: float) -> np
     return gain * np.maximum(photons, 0.0)
 
 
-def load_average() -> list[float]:
-    """1, 5 and 15 minute load averages."""
-    return [round(v, 2) for v in os.getloadavg()]
-
-
-def cpu_description() -> str:
-    """CPU model name (from /proc/cpuinfo, else platform.processor) and core count."""
-    model = platform.processor() or platform.machine()
-    cpuinfo = Path("/proc/cpuinfo")
-    if cpuinfo.exists():
-        model = next((line.split(":", 1)[1].strip() for line in cpuinfo.read_text().splitlines()
-                      if line.startswith("model name")), model)
-    return f"{model}, {os.cpu_count()} cores"
-
-
-def run_worker(command: list[str], env: dict[str, str] | None = None) -> dict[str, Any]:
-    """Run a worker in a fresh interpreter; return the JSON it printed after ``RESULT``."""
-    done = subprocess.run(command, capture_output=True, text=True, env=env, check=False)
-    if done.returncode:
-        raise RuntimeError(f"{command[0]} worker failed ({done.returncode}):\n{done.stdout[-3000:]}\n"
-                           f"{done.stderr[-3000:]}")
-    line = next(line for line in reversed(done.stdout.splitlines()) if line.startswith(RESULT_PREFIX))
-    return json.loads(line[len(RESULT_PREFIX):])
-
-
-def schema_block() -> dict[str, int]:
-    """n2vpipe's default inference block (predict.block in config/schema.yaml)."""
-    schema = yaml.safe_load(SCHEMA.read_text())
-    return schema["properties"]["predict"]["properties"]["block"]["default"]
-
-
 def run_n2vpipe(folder: Path, noisy: np.ndarray, config: dict[str, Any],
                 threads: int) -> tuple[np.ndarray, dict[str, Any]]:
     """Write the OME-Zarr, train and predict in a fresh process; return the denoised volume and the row facts."""
@@ -271,7 +246,7 @@ def run_n2vpipe(folder: Path, noisy: np.ndarray, config: dict[str, Any],
     array = create_ome_zarr(folder / "noisy.ome.zarr", meta, (32, 128, 128), blosc_compressor("zstd", 5), "noisy")
     array[...] = noisy
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(SRC), os.environ.get("PYTHONPATH", "")])}
-    job = {"folder": str(folder), "config": config, "threads": threads, "block": schema_block()}
+    job = {"folder": str(folder), "config": config, "threads": threads, "block": schema_default("predict", "block")}
     result = run_worker([sys.executable, "-c", N2VPIPE, json.dumps(job)], env)
     notes = (f"stopped by {result['stopped_by']}; weights of step {result['best_step']} (lowest validation loss) "
              "of " if result["best_step"] is not None else f"stopped by {result['stopped_by']}; last weights of ")
@@ -381,11 +356,6 @@ def parse_args() -> argparse.Namespace:
     args = parser.parse_args()
     args.n2vpipe_config = {**N2VPIPE_DEFAULTS, **dict(args.n2vpipe_set), "max_minutes": args.minutes}
     return args
-
-
-def shape_text(shape: tuple[int, ...] | list[int]) -> str:
-    """(32, 128, 128) → ``32x128x128``."""
-    return "x".join(map(str, shape))
 
 
 def volume_key(row: dict[str, Any]) -> tuple[str, float, int]:
@@ -516,7 +486,7 @@ def main() -> None:
             print(f"{method}: PSNR {'-' if score is None else f'{score:.2f}'} dB; train {seconds(facts['train_s'])} s, "
                   f"predict {seconds(facts['predict_s'])} s; {facts['notes']}; load {before} -> "
                   f"{rows[-1]['load_after']}", flush=True)
-    machine = cpu_description()
+    machine = f"{cpu_model()}, {os.cpu_count()} cores"
     all_rows = merge_rows(args.name, rows, args.append)
     png = save_results(args.name, machine, all_rows, markdown(all_rows, machine))
     plot(all_rows, slices, f"{shape} @ {args.photons:g} photons, seed {args.seed}", png)

@@ -31,9 +31,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -42,14 +40,13 @@ from typing import Any
 
 import numpy as np
 import tifffile
-from common import parse_shape, save_results
+from common import cpu_model, load_average, parse_shape, run_worker, save_results
 
 from n2vpipe.ingest import ingest_tiff
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 DEFAULT_CAREAMICS_PYTHON = "/tmp/careamics-venv/bin/python"
 TARGET_RATIO = 1.3
-RESULT_PREFIX = "RESULT "
 
 CAREAMICS = """
 import copy, json, sys, tempfile, time
@@ -167,21 +164,6 @@ def make_volume(shape: tuple[int, int, int], seed: int = 0) -> np.ndarray:
     return rng.poisson(signal).astype(np.uint16)
 
 
-def load_average() -> list[float]:
-    """1, 5 and 15 minute load averages (as `uptime` prints them)."""
-    return [round(v, 2) for v in os.getloadavg()]
-
-
-def run_worker(python: str, code: str, args: dict[str, Any], env: dict[str, str]) -> dict[str, Any]:
-    """Run one measurement in a fresh interpreter and return what it printed after ``RESULT``."""
-    done = subprocess.run([python, "-c", code, json.dumps(args)], capture_output=True, text=True, env=env,
-                          check=False)
-    if done.returncode:
-        raise RuntimeError(f"{python} worker failed ({done.returncode}):\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}")
-    line = next(line for line in reversed(done.stdout.splitlines()) if line.startswith(RESULT_PREFIX))
-    return json.loads(line[len(RESULT_PREFIX):])
-
-
 def steady_rate(stamps: list[list[float]], warmup: int) -> tuple[float, int]:
     """Steps/s over the intervals between consecutive steps after ``warmup``, within an epoch; and their count."""
     intervals = [b[1] - a[1] for a, b in zip(stamps[warmup:], stamps[warmup + 1:]) if a[0] == b[0]]
@@ -199,16 +181,6 @@ def contenders(careamics_python: str) -> dict[str, tuple[str, str, dict[str, str
         "n2vpipe": (sys.executable, N2VPIPE, ours),
         "n2vpipe@careamics-torch": (careamics_python, N2VPIPE, ours),
     }
-
-
-def cpu_model() -> str:
-    """The CPU model name as lscpu reports it."""
-    try:
-        listing = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
-    except (OSError, subprocess.CalledProcessError):
-        return platform.processor() or platform.machine()
-    return next((line.split(":", 1)[1].strip() for line in listing.splitlines() if line.startswith("Model name")),
-                platform.machine())
 
 
 def parse_args() -> argparse.Namespace:
@@ -249,7 +221,7 @@ def main() -> None:
             for name in names[round_index % len(names):] + names[:round_index % len(names)]:
                 python, code, env = workers[name]
                 before, start = load_average(), time.perf_counter()
-                result = run_worker(python, code, job, env)
+                result = run_worker([python, "-c", code, json.dumps(job)], env)
                 rate, intervals = steady_rate(result.pop("stamps"), args.warmup)
                 runs.append({"method": name, "round": round_index, "steps_per_s": rate, "timed_intervals": intervals,
                              "wall_s": round(time.perf_counter() - start, 1), "load_before": before,
@@ -257,7 +229,7 @@ def main() -> None:
                 print(f"round {round_index} {name}: {rate:.4f} steps/s, load {before} -> {runs[-1]['load_after']}",
                       flush=True)
         if args.profile:
-            profile = run_worker(sys.executable, PROFILE, {**job, "steps": args.warmup + args.steps},
+            profile = run_worker([sys.executable, "-c", PROFILE, json.dumps({**job, "steps": args.warmup + args.steps})],
                                  workers["n2vpipe"][2])
     facts = {"cpu": cpu_model(), "cores": os.cpu_count(), "threads": args.threads, "volume": args.shape,
              "patch": args.patch, "batch": args.batch, "steps": args.steps, "warmup": args.warmup,
