@@ -418,8 +418,8 @@ def _truncate_log(log_path: Path, last_step: int) -> None:
         csv.writer(handle).writerows(kept)
 
 
-def _run_steps(model: UNet, optimizer: torch.optim.Optimizer, pool: PatchPool, val_batch: Any, config: TrainConfig, rng: np.random.Generator,
-               device: torch.device, folder: Path, first_step: int, elapsed_before: float,
+def _run_steps(model: UNet, optimizer: torch.optim.Optimizer, pool: PatchPool, val_batch: Any, config: TrainConfig,
+               rng: np.random.Generator, device: torch.device, folder: Path, first_step: int, elapsed_before: float,
                best: BestValidation) -> dict[str, Any]:
     """The optimisation loop; appends to the CSV log, tracks the best validation and checkpoints as it goes."""
     log_path = folder / LOG_FILE
