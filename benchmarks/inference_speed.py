@@ -1,5 +1,9 @@
 """Inference speed on CPU: n2vpipe's predict_volume against CAREamics tiled prediction, side by side.
 
+n2vpipe runs with its default precision (``auto``: bfloat16 autocast on CPUs with AMX, float32
+elsewhere) and, where that is bfloat16, once more in float32, CAREamics' arithmetic; each n2vpipe
+row's ceiling comes from the conv3d rate measured in its own arithmetic.
+
 Both run untrained (randomly initialised) 3D U-Nets configured as depth 2 with 32 initial filters
 on the same synthetic noisy uint16 volume, normalised with the same mean and standard deviation,
 each in its own fresh process, repeats interleaved (n2vpipe, CAREamics, n2vpipe, ...), best run of
@@ -45,6 +49,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from n2vpipe.ingest import ingest_tiff
 from n2vpipe.model_io import ModelDescription, Normalisation, save_model
 from n2vpipe.predict import fuse_batch_norm, halo_on_grid
+from n2vpipe.train import computes_in_bfloat16
 from n2vpipe.unet import (
     UNet,
     UNetSpec,
@@ -69,12 +74,16 @@ torch.nn.modules.module.register_module_forward_pre_hook(_count)
 N2VPIPE = COUNT_INPUT_VOXELS + """
 import json, sys, time
 from n2vpipe.predict import predict_volume
+from n2vpipe.train import computes_in_bfloat16
 args = json.loads(sys.argv[1])
 block = dict(zip("zyx", args["block"]))
 start = time.perf_counter()
-stats = predict_volume(args["raw"], args["model"], args["dst"], block, threads=args["threads"], device="cpu")
+stats = predict_volume(args["raw"], args["model"], args["dst"], block, threads=args["threads"], device="cpu",
+                       precision=args["precision"])
 wall = time.perf_counter() - start
+bfloat16 = computes_in_bfloat16(args["precision"], torch.device("cpu"))
 print(json.dumps({"wall_s": wall, "blocks": stats.blocks, "voxels": stats.voxels, "read_s": stats.read_s,
+                  "arithmetic": "bfloat16" if bfloat16 else "float32",
                   "compute_s": stats.compute_s, "write_s": stats.write_s, "computed_voxels": sum(SEEN),
                   "torch_threads": torch.get_num_threads(),
                   "peak_rss_kib": peak_rss_kib()}))
@@ -138,11 +147,13 @@ def flops_per_voxel(model: torch.nn.Module, tile: tuple[int, int, int]) -> float
     return counter.get_total_flops() / math.prod(tile)
 
 
-def conv_rate(model: torch.nn.Module, tile: tuple[int, ...], per_voxel: float, repeats: int = 2) -> float:
-    """FLOP/s of the fused, channels-last ``model`` on one ``tile`` (best of ``repeats``; the first warms up)."""
+def conv_rate(model: torch.nn.Module, tile: tuple[int, ...], per_voxel: float, bfloat16: bool,
+              repeats: int = 2) -> float:
+    """FLOP/s of the fused, channels-last ``model`` on one ``tile``, in float32 or under bfloat16 autocast
+    (best of ``repeats``; the first warms up)."""
     x = torch.randn(1, 1, *tile).to(memory_format=memory_format(len(tile)))
     best = math.inf
-    with torch.inference_mode():
+    with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bfloat16):
         for _ in range(repeats):
             start = time.perf_counter()
             model(x)
@@ -179,11 +190,12 @@ def prepare(folder: Path, shape: tuple[int, int, int], block: tuple[int, int, in
     return mean, std
 
 
-def run_n2vpipe(folder: Path, block: tuple[int, int, int], threads: int, index: int) -> dict[str, Any]:
+def run_n2vpipe(folder: Path, block: tuple[int, int, int], threads: int, precision: str,
+                index: int) -> dict[str, Any]:
     """One predict_volume run in a fresh process."""
     return worker(sys.executable, N2VPIPE, {"raw": str(folder / "raw.ome.zarr"), "model": str(folder / "model"),
-                                            "dst": str(folder / f"out-{index}.ome.zarr"), "block": list(block),
-                                            "threads": threads})
+                                            "dst": str(folder / f"out-{precision}-{index}.ome.zarr"),
+                                            "block": list(block), "threads": threads, "precision": precision})
 
 
 def careamics_args(args: argparse.Namespace, folder: Path, mean: float, std: float, flops: bool) -> dict[str, Any]:
@@ -233,49 +245,67 @@ def parse_args() -> argparse.Namespace:
     return args
 
 
-def measure_network(block: tuple[int, int, int], tile: tuple[int, int, int]) -> tuple[float, tuple[int, ...], float]:
+def measure_network(block: tuple[int, int, int], tile: tuple[int, int, int],
+                    arithmetics: list[str]) -> tuple[float, tuple[int, ...], dict[str, float]]:
     """n2vpipe's FLOPs per voxel (on one CAREamics-sized tile), the tile it computes per block, and the
-    conv3d rate (FLOP/s) of its fused, channels-last network on that tile."""
+    conv3d rate (FLOP/s) of its fused, channels-last network on that tile in each arithmetic."""
     model = fuse_batch_norm(UNet(SPEC).eval()).to(memory_format=memory_format(SPEC.ndim))
     per_voxel = flops_per_voxel(model, tile)
     big_tile = rate_tile(block)
-    return per_voxel, big_tile, conv_rate(model, big_tile, per_voxel)
+    return per_voxel, big_tile, {name: conv_rate(model, big_tile, per_voxel, name == "bfloat16")
+                                 for name in arithmetics}
 
 
-def run_interleaved(args: argparse.Namespace) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """Prepare the inputs, then run n2vpipe and CAREamics alternately, ``args.repeats`` times each."""
-    ours, theirs = [], []
+def n2vpipe_precisions() -> list[str]:
+    """n2vpipe's default precision, plus float32 (CAREamics' arithmetic) where the default is bfloat16."""
+    return ["auto", "float32"] if computes_in_bfloat16("auto", torch.device("cpu")) else ["auto"]
+
+
+def run_interleaved(args: argparse.Namespace) -> tuple[dict[str, list[dict[str, Any]]], list[dict[str, Any]]]:
+    """Prepare the inputs, then run n2vpipe (per precision) and CAREamics alternately, ``args.repeats`` times each."""
+    ours: dict[str, list[dict[str, Any]]] = {precision: [] for precision in n2vpipe_precisions()}
+    theirs = []
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         mean, std = prepare(folder, args.shape, args.block)
         for index in range(args.repeats):
-            ours.append(run_n2vpipe(folder, args.block, args.threads, index))
-            print("n2vpipe", ours[-1], flush=True)
+            for precision, runs in ours.items():
+                runs.append(run_n2vpipe(folder, args.block, args.threads, precision, index))
+                print("n2vpipe", precision, runs[-1], flush=True)
             theirs.append(worker(args.careamics_python, CAREAMICS,
                                  careamics_args(args, folder, mean, std, flops=index == 0)))
             print("careamics", theirs[-1], flush=True)
     return ours, theirs
 
 
-def build_rows(args: argparse.Namespace, ours_runs: list[dict[str, Any]], theirs_runs: list[dict[str, Any]],
-               per_voxel: float, big_tile: tuple[int, ...], rate: float) -> tuple[list[dict[str, Any]], float]:
-    """One row per method (best runs) and the n2vpipe / CAREamics voxels/s ratio."""
-    ours, theirs, first = best(ours_runs), best(theirs_runs), theirs_runs[0]
+def build_rows(args: argparse.Namespace, ours_runs: dict[str, list[dict[str, Any]]],
+               theirs_runs: list[dict[str, Any]], per_voxel: float, big_tile: tuple[int, ...],
+               rates: dict[str, float]) -> list[dict[str, Any]]:
+    """One row per method from its best run: n2vpipe per precision, each with its voxels/s ratio to CAREamics
+    and its ceiling from the conv rate in its own arithmetic; CAREamics (float32) last."""
+    theirs, first = best(theirs_runs), theirs_runs[0]
     if theirs["output_shape"] != list(args.shape):
         raise RuntimeError(f"CAREamics returned shape {theirs['output_shape']}, expected {list(args.shape)}")
     voxels = math.prod(args.shape)
     params = sum(p.numel() for p in UNet(SPEC).parameters())
-    rows = [method_row("n2vpipe", ours, voxels, per_voxel, rate, params),
-            method_row("careamics", theirs, voxels, first["flops_per_voxel"], rate, first["params"])]
-    rows[0].update(block=list(args.block), blocks=ours["blocks"], read_s=round(ours["read_s"], 2),
-                   compute_s=round(ours["compute_s"], 2), write_s=round(ours["write_s"], 2))
-    rows[1].update(tile=list(args.tile), overlap=list(args.overlap), tiles=theirs["tiles"],
-                   batch_size=args.careamics_batch_size, dataloader_workers=theirs["num_workers"])
-    ratio = rows[0]["voxels_per_s"] / rows[1]["voxels_per_s"]
+    reference = method_row("careamics", theirs, voxels, first["flops_per_voxel"], rates["float32"], first["params"])
+    reference.update(tile=list(args.tile), overlap=list(args.overlap), tiles=theirs["tiles"], arithmetic="float32",
+                     batch_size=args.careamics_batch_size, dataloader_workers=theirs["num_workers"])
+    rows = []
+    for precision, runs in ours_runs.items():
+        ours = best(runs)
+        row = method_row("n2vpipe" if precision == "auto" else f"n2vpipe-{precision}", ours, voxels, per_voxel,
+                         rates[ours["arithmetic"]], params)
+        row.update(block=list(args.block), blocks=ours["blocks"], read_s=round(ours["read_s"], 2),
+                   compute_s=round(ours["compute_s"], 2), write_s=round(ours["write_s"], 2),
+                   arithmetic=ours["arithmetic"],
+                   speed_ratio_over_careamics=round(row["voxels_per_s"] / reference["voxels_per_s"], 2))
+        rows.append(row)
+    rows.append(reference)
     for row in rows:
-        row.update(shape=list(args.shape), conv_rate_GFLOP_s=round(rate / 1e9, 1), rate_tile=list(big_tile),
-                   speed_ratio_n2vpipe_over_careamics=round(ratio, 2))
-    return rows, ratio
+        row.update(shape=list(args.shape), rate_tile=list(big_tile),
+                   conv_rate_GFLOP_s=round(rates[row["arithmetic"]] / 1e9, 1))
+    return rows
 
 
 def main() -> None:
@@ -283,16 +313,17 @@ def main() -> None:
     args = parse_args()
     torch.set_num_threads(args.threads)
     facts = machine_facts(args.threads)
-    per_voxel, big_tile, rate = measure_network(args.block, args.tile)
-    print(f"conv3d rate {rate / 1e9:.1f} GFLOP/s on {big_tile}; n2vpipe {per_voxel / 1e3:.0f} kFLOP/voxel", flush=True)
+    arithmetics = ["float32", "bfloat16"] if len(n2vpipe_precisions()) > 1 else ["float32"]
+    per_voxel, big_tile, rates = measure_network(args.block, args.tile, arithmetics)
+    print(f"conv3d GFLOP/s on {big_tile}: {({k: round(v / 1e9, 1) for k, v in rates.items()})}; "
+          f"n2vpipe {per_voxel / 1e3:.0f} kFLOP/voxel", flush=True)
     ours_runs, theirs_runs = run_interleaved(args)
-    rows, ratio = build_rows(args, ours_runs, theirs_runs, per_voxel, big_tile, rate)
+    rows = build_rows(args, ours_runs, theirs_runs, per_voxel, big_tile, rates)
     facts.update(torch_careamics=theirs_runs[0]["torch"], careamics=theirs_runs[0]["careamics"],
                  uptime_after=command_output("uptime"))
     for row in rows:
         print(row)
-    print(f"n2vpipe / CAREamics voxels/s: {ratio:.2f}x (target >= {TARGET_RATIO:.0f}x)")
-    write_results(rows, facts, ratio)
+    write_results(rows, facts)
 
 
 def describe(facts: dict[str, Any]) -> str:
@@ -304,54 +335,67 @@ def describe(facts: dict[str, Any]) -> str:
 
 def table_row(row: dict[str, Any], tiling: str, rss: str) -> str:
     """One markdown table line for a method."""
-    cells = [row["method"], tiling, f"{row['wall_s']} ({row['all_wall_s']})", row["voxels_per_s"], rss,
-             row["flops_per_voxel"], row["ceiling_voxels_per_s"], row["fraction_of_ceiling"], row["halo_overhead"]]
+    cells = [row["method"], row["arithmetic"], tiling, f"{row['wall_s']} ({row['all_wall_s']})", row["voxels_per_s"],
+             rss, row["flops_per_voxel"], row["ceiling_voxels_per_s"], row["fraction_of_ceiling"],
+             row["halo_overhead"]]
     return "| " + " | ".join(map(str, cells)) + " |"
 
 
-def markdown(rows: list[dict[str, Any]], facts: dict[str, Any], ratio: float) -> list[str]:
-    """The results page: machine, table, ratio, conv rate and n2vpipe's time split."""
-    ours, theirs = rows
-    header = ("| method | tiling | best wall s (all) | voxels/s | peak RSS MiB | FLOPs/voxel | ceiling voxels/s "
-              "| fraction of ceiling | computed/output voxels |")
-    ratio_line = (f"n2vpipe / CAREamics voxels/s: **{ratio:.2f}x** (target >= {TARGET_RATIO:.0f}x). Conv3d rate: "
-                  f"{ours['conv_rate_GFLOP_s']} GFLOP/s (n2vpipe network, fused BatchNorm, channels-last, one "
-                  f"{shape_text(ours['rate_tile'])} tile); ceiling = rate / FLOPs per output voxel.")
-    split_line = (f"n2vpipe time, summed over its threads (compute includes waiting for the compute lock): read "
-                  f"{ours['read_s']} s, compute {ours['compute_s']} s, write {ours['write_s']} s. n2vpipe's wall "
-                  "includes model load and OME-Zarr read/write; CAREamics' is CAREamist.predict on an in-memory array.")
-    title = (f"# Inference speed on CPU: n2vpipe vs CAREamics ({shape_text(ours['shape'])} uint16, "
-             "random-init U-Net depth 2, 32 filters)")
-    return [title, "", describe(facts), "", header, "|---" * 9 + "|",
-            table_row(ours, f"block {shape_text(ours['block'])} + halo, {ours['blocks']} blocks",
-                      str(ours["peak_rss_MiB"])),
-            table_row(theirs, f"tile {shape_text(theirs['tile'])}, overlap {shape_text(theirs['overlap'])}, "
-                              f"{theirs['tiles']} tiles, batch {theirs['batch_size']}",
-                      f"{theirs['peak_rss_MiB']} (+ {theirs['dataloader_workers']} loader process(es), not counted)"),
-            "", ratio_line, "", split_line]
+def markdown(rows: list[dict[str, Any]], facts: dict[str, Any]) -> list[str]:
+    """The results page: machine, table, ratios, conv rates and n2vpipe's time split."""
+    *ours, theirs = rows
+    header = ("| method | arithmetic | tiling | best wall s (all) | voxels/s | peak RSS MiB | FLOPs/voxel "
+              "| ceiling voxels/s | fraction of ceiling | computed/output voxels |")
+    lines = [f"# Inference speed on CPU: n2vpipe vs CAREamics ({shape_text(theirs['shape'])} uint16, "
+             "random-init U-Net depth 2, 32 filters)", "", describe(facts), "", header, "|---" * 10 + "|"]
+    lines += [table_row(row, f"block {shape_text(row['block'])} + halo, {row['blocks']} blocks",
+                        str(row["peak_rss_MiB"])) for row in ours]
+    lines += [table_row(theirs, f"tile {shape_text(theirs['tile'])}, overlap {shape_text(theirs['overlap'])}, "
+                                f"{theirs['tiles']} tiles, batch {theirs['batch_size']}",
+                        f"{theirs['peak_rss_MiB']} (+ {theirs['dataloader_workers']} loader process(es), not counted)"),
+              ""]
+    lines += [f"{row['method']} ({row['arithmetic']}) / CAREamics (float32) voxels/s: "
+              f"**{row['speed_ratio_over_careamics']:.2f}x** (target >= {TARGET_RATIO:.0f}x)." for row in ours]
+    rates = {row["arithmetic"]: row["conv_rate_GFLOP_s"] for row in rows}
+    lines += ["", (f"Conv3d rate (n2vpipe network, fused BatchNorm, channels-last, one "
+                   f"{shape_text(theirs['rate_tile'])} tile): "
+                   + ", ".join(f"{rate} GFLOP/s in {name}" for name, rate in rates.items())
+                   + "; ceiling = rate in the row's arithmetic / FLOPs per output voxel."), ""]
+    lines += [(f"{row['method']} time, summed over its threads (compute includes waiting for the compute lock): "
+               f"read {row['read_s']} s, compute {row['compute_s']} s, write {row['write_s']} s.") for row in ours]
+    lines += ["", ("n2vpipe's wall includes model load and OME-Zarr read/write; CAREamics' is CAREamist.predict "
+                   "on an in-memory array.")]
+    return lines
 
 
-def write_results(rows: list[dict[str, Any]], facts: dict[str, Any], ratio: float) -> None:
+def write_results(rows: list[dict[str, Any]], facts: dict[str, Any]) -> None:
     """JSON, a markdown page and a plot under benchmarks/results/."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    png = save_results("inference_speed", describe(facts), rows, markdown(rows, facts, ratio))
-    ours = rows[0]
-    fig, (left, right) = plt.subplots(1, 2, figsize=(9, 4))
-    names = [r["method"] for r in rows]
-    left.bar(names, [r["voxels_per_s"] / 1e6 for r in rows], color=["tab:blue", "tab:orange"], label="measured")
+    png = save_results("inference_speed", describe(facts), rows, markdown(rows, facts))
+    *ours, _ = rows
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
+    names = [f"{r['method']}\n({r['arithmetic']})" for r in rows]
+    colours = ["tab:blue", "tab:cyan"][:len(ours)] + ["tab:orange"]
+    left.bar(names, [r["voxels_per_s"] / 1e6 for r in rows], color=colours, label="measured")
     left.scatter(names, [r["ceiling_voxels_per_s"] / 1e6 for r in rows], marker="_", s=2000, color="k",
                  label="ceiling (conv rate / FLOPs per voxel)")
     top = 1.5 * max(r["ceiling_voxels_per_s"] for r in rows) / 1e6
+    ratios = ", ".join(f"{r['speed_ratio_over_careamics']:.2f}x" for r in ours)
     left.set(ylabel="M voxels/s", ylim=(0, top),
-             title=f"{shape_text(ours['shape'])}, {facts['threads']} threads ({ratio:.2f}x)")
+             title=f"{shape_text(rows[0]['shape'])}, {facts['threads']} threads ({ratios})")
     left.legend(loc="upper center", fontsize=8, markerscale=0.3)
-    parts = {"read": ours["read_s"], "compute": ours["compute_s"], "write": ours["write_s"]}
-    right.bar(list(parts), list(parts.values()), color="tab:blue")
+    parts = ("read_s", "compute_s", "write_s")
+    width = 0.8 / len(ours)
+    for index, row in enumerate(ours):
+        right.bar([p + index * width for p in range(len(parts))], [row[part] for part in parts], width,
+                  color=colours[index], label=f"{row['method']} ({row['arithmetic']})")
+    right.set_xticks([p + width * (len(ours) - 1) / 2 for p in range(len(parts))], ["read", "compute", "write"])
     right.set(ylabel="s (summed over threads)", title="n2vpipe time split")
+    right.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(png, dpi=100)
 

@@ -5,9 +5,11 @@ batch 8, from the same synthetic noisy uint16 volume, with the same number of to
 each run in a fresh process, runs interleaved over rounds. CAREamics runs in its own
 interpreter (--careamics-python; CAREamist API with its defaults otherwise: Adam, N2V
 masking of 0.2% of the pixels within an 11-wide ROI, flips and 90-degree rotations, its
-default number of DataLoader worker processes) and is never imported here. A third
-contender, n2vpipe run by CAREamics' interpreter (``n2vpipe@careamics-torch``), tells the
-torch version apart from the code when the two environments carry different torch releases.
+default number of DataLoader worker processes) and is never imported here. n2vpipe runs twice:
+with its default precision (``auto``: bfloat16 autocast on CPUs with AMX, float32 elsewhere) and
+as ``n2vpipe-float32``, CAREamics' arithmetic. A fourth contender, n2vpipe in float32 run by
+CAREamics' interpreter (``n2vpipe@careamics-torch``), tells the torch version apart from the
+code when the two environments carry different torch releases.
 
 Steady-state steps/s is measured over --steps intervals between consecutive training steps
 after --warmup steps (CAREamics: a Lightning callback at each batch end, within one epoch; n2vpipe: the moment
@@ -111,7 +113,8 @@ train.masked_loss = clocked_loss
 config = train.TrainConfig(patch=dict(zip("zyx", args["patch"])), batch_size=args["batch"],
                            steps=args["warmup"] + args["steps"] + 1, depth=2, base_filters=32,
                            pooling=[[2, 2, 2], [2, 2, 2]], validation_fraction=0.0,
-                           validate_every=10**9, checkpoint_every=10**9, device="cpu")
+                           validate_every=10**9, checkpoint_every=10**9, device="cpu",
+                           precision=args.get("precision", "auto"))
 with tempfile.TemporaryDirectory() as work:
     description = train.train_n2v(Path(args["zarr"]), Path(work) / "model", config, threads=args["threads"])
 net = UNet(description.spec)
@@ -120,7 +123,8 @@ with FlopCounterMode(display=False) as counter, torch.no_grad():
 print("RESULT " + json.dumps({
     "stamps": stamps, "parameters": parameter_count(UNet(description.spec)),
     "forward_flops": counter.get_total_flops(), "torch": torch.__version__,
-    "version": n2vpipe.__version__, "threads": torch.get_num_threads(), "dataloader_workers": 0}))
+    "version": n2vpipe.__version__, "threads": torch.get_num_threads(), "dataloader_workers": 0,
+    "arithmetic": "bfloat16" if description.training["bfloat16"] else "float32"}))
 """
 
 PROFILE = """
@@ -172,14 +176,18 @@ def steady_rate(stamps: list[list[float]], warmup: int) -> tuple[float, int]:
     return len(intervals) / sum(intervals), len(intervals)
 
 
-def contenders(careamics_python: str) -> dict[str, tuple[str, str, dict[str, str]]]:
-    """Name -> (interpreter, worker code, environment) for every contender."""
+def contenders(careamics_python: str) -> dict[str, tuple[str, str, dict[str, str], dict[str, str]]]:
+    """Name -> (interpreter, worker code, environment, extra job settings) for every contender.
+
+    ``n2vpipe`` runs with its default precision (``auto``: bfloat16 on AMX CPUs), ``n2vpipe-float32``
+    with CAREamics' arithmetic."""
     ours = {**os.environ, "PYTHONPATH": os.pathsep.join([str(SRC), os.environ.get("PYTHONPATH", "")])}
     theirs = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     return {
-        "CAREamics": (careamics_python, CAREAMICS, theirs),
-        "n2vpipe": (sys.executable, N2VPIPE, ours),
-        "n2vpipe@careamics-torch": (careamics_python, N2VPIPE, ours),
+        "CAREamics": (careamics_python, CAREAMICS, theirs, {}),
+        "n2vpipe": (sys.executable, N2VPIPE, ours, {}),
+        "n2vpipe-float32": (sys.executable, N2VPIPE, ours, {"precision": "float32"}),
+        "n2vpipe@careamics-torch": (careamics_python, N2VPIPE, ours, {"precision": "float32"}),
     }
 
 
@@ -219,9 +227,9 @@ def main() -> None:
         names = list(workers)
         for round_index in range(args.rounds):
             for name in names[round_index % len(names):] + names[:round_index % len(names)]:
-                python, code, env = workers[name]
+                python, code, env, settings = workers[name]
                 before, start = load_average(), time.perf_counter()
-                result = run_worker([python, "-c", code, json.dumps(job)], env)
+                result = run_worker([python, "-c", code, json.dumps({**job, **settings})], env)
                 rate, intervals = steady_rate(result.pop("stamps"), args.warmup)
                 runs.append({"method": name, "round": round_index, "steps_per_s": rate, "timed_intervals": intervals,
                              "wall_s": round(time.perf_counter() - start, 1), "load_before": before,
@@ -248,7 +256,8 @@ def summarise(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
                      "max_steps_per_s": max(rates), "runs": len(mine), "parameters": first["parameters"],
                      "forward_gflop_per_batch": round(first["forward_flops"] / 1e9, 1), "torch": first["torch"],
                      "version": first["version"], "threads": first["threads"],
-                     "dataloader_workers": first["dataloader_workers"]})
+                     "dataloader_workers": first["dataloader_workers"],
+                     "arithmetic": first.get("arithmetic", "float32")})
     return rows
 
 
@@ -263,17 +272,22 @@ def markdown(summary: list[dict[str, Any]], runs: list[dict[str, Any]], facts: d
              profile: dict[str, Any] | None) -> list[str]:
     """The results page: summary table, ratio against the target, every run with its load, the profile."""
     by_name = {row["method"]: row for row in summary}
-    ratio = by_name["n2vpipe"]["median_steps_per_s"] / by_name["CAREamics"]["median_steps_per_s"]
-    verdict = "meets" if ratio >= TARGET_RATIO else "misses"
-    lines = [f"# Training speed: n2vpipe vs CAREamics ({describe(facts)})", "",
-             (f"n2vpipe / CAREamics steady-state steps/s (medians): **{ratio:.2f}x** ({verdict} the "
-              f"{TARGET_RATIO}x target). Runs interleaved, {facts['rounds']} rounds, {facts['steps']} timed steps "
-              f"after {facts['warmup']} warm-up steps per run."), "",
-             ("| method | steps/s (median) | min | max | patches/s | parameters | forward GFLOP/batch | torch | "
-              "DataLoader workers |"), "|---|---|---|---|---|---|---|---|---|"]
-    lines += [f"| {r['method']} {r['version']} | {r['median_steps_per_s']:.4f} | {r['min_steps_per_s']:.4f} | "
-              f"{r['max_steps_per_s']:.4f} | {r['median_steps_per_s'] * facts['batch']:.3f} | {r['parameters']:,} | "
-              f"{r['forward_gflop_per_batch']} | {r['torch']} | {r['dataloader_workers']} |" for r in summary]
+    reference = by_name["CAREamics"]["median_steps_per_s"]
+    lines = [f"# Training speed: n2vpipe vs CAREamics ({describe(facts)})", ""]
+    for name in ("n2vpipe", "n2vpipe-float32"):
+        if name in by_name:
+            ratio = by_name[name]["median_steps_per_s"] / reference
+            verdict = "meets" if ratio >= TARGET_RATIO else "misses"
+            lines.append(f"{name} ({by_name[name]['arithmetic']}) / CAREamics (float32) steady-state steps/s "
+                         f"(medians): **{ratio:.2f}x** ({verdict} the {TARGET_RATIO}x target).")
+    lines += ["", (f"Runs interleaved, {facts['rounds']} rounds, {facts['steps']} timed steps after "
+                   f"{facts['warmup']} warm-up steps per run."), "",
+              ("| method | arithmetic | steps/s (median) | min | max | patches/s | parameters | forward GFLOP/batch | "
+               "torch | DataLoader workers |"), "|---|---|---|---|---|---|---|---|---|---|"]
+    lines += [f"| {r['method']} {r['version']} | {r['arithmetic']} | {r['median_steps_per_s']:.4f} | "
+              f"{r['min_steps_per_s']:.4f} | {r['max_steps_per_s']:.4f} | {r['median_steps_per_s'] * facts['batch']:.3f} | "
+              f"{r['parameters']:,} | {r['forward_gflop_per_batch']} | {r['torch']} | {r['dataloader_workers']} |"
+              for r in summary]
     lines += ["", "Every run, in order (load averages 1/5/15 min before and after; the CPU is shared):", "",
               "| round | method | steps/s | timed steps | wall s | load before | load after |",
               "|---|---|---|---|---|---|---|"]
@@ -301,7 +315,7 @@ def write_results(runs: list[dict[str, Any]], summary: list[dict[str, Any]], fac
     png = save_results("training_speed", describe(facts), rows, markdown(summary, runs, facts, profile))
     fig, ax = plt.subplots(figsize=(6, 4))
     names = [r["method"] for r in summary]
-    ax.bar(names, [r["median_steps_per_s"] for r in summary], color=["tab:orange", "tab:blue", "tab:cyan"][:len(names)],
+    ax.bar(names, [r["median_steps_per_s"] for r in summary], color=["tab:orange", "tab:blue", "tab:green", "tab:cyan"][:len(names)],
            label="median")
     for index, name in enumerate(names):
         rates = [r["steps_per_s"] for r in runs if r["method"] == name]

@@ -20,6 +20,8 @@ from n2vpipe.train import (
     _masked_tensors,
     augment,
     budget_progress,
+    computes_in_bfloat16,
+    cpu_has_amx_bf16,
     learning_rate_at,
     split_regions,
     train_n2v,
@@ -221,3 +223,23 @@ def test_wall_time_budget_ends_training_annealed(raw_zarr: Path, tmp_path: Path)
     assert rates == sorted(rates, reverse=True) and rates[0] < config.learning_rate
     assert rates[-1] < 0.2 * config.learning_rate, "the budget's end is the schedule's end"
     assert (tmp_path / "model" / "weights.pt").exists()
+
+
+def test_precision_auto_is_bfloat16_on_gpus_and_amx_cpus_only() -> None:
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert computes_in_bfloat16("auto", cuda) and not computes_in_bfloat16("float32", cuda)
+    assert computes_in_bfloat16("bfloat16", cpu) and not computes_in_bfloat16("float32", cpu)
+    assert computes_in_bfloat16("auto", cpu) == cpu_has_amx_bf16()
+
+
+def test_bfloat16_training_takes_other_steps_than_float32_and_says_so(raw_zarr: Path, tmp_path: Path) -> None:
+    for precision in ("float32", "bfloat16"):
+        train_n2v(raw_zarr, tmp_path / precision, TrainConfig(steps=4, precision=precision, **TINY), threads=1)
+    description = json.loads((tmp_path / "bfloat16" / "model.json").read_text())
+    assert description["training"]["bfloat16"] is True
+    log_rows = (tmp_path / "bfloat16" / "training_log.csv").read_text().splitlines()[1:]
+    assert all(np.isfinite(float(row.split(",")[1])) for row in log_rows)
+    exact = torch.load(tmp_path / "float32" / "weights.pt", weights_only=True)
+    fast = torch.load(tmp_path / "bfloat16" / "weights.pt", weights_only=True)
+    assert not any(v.dtype == torch.bfloat16 for v in fast.values())
+    assert any(not torch.equal(exact[k], fast[k]) for k in exact)

@@ -50,7 +50,7 @@ from n2vpipe.io import (
     write_pyramid,
 )
 from n2vpipe.model_io import WEIGHTS_FILE, Normalisation, load_model
-from n2vpipe.train import select_device
+from n2vpipe.train import computes_in_bfloat16, select_device
 from n2vpipe.unet import UNet, UNetSpec, Window, memory_format, receptive_reach, total_downsampling
 
 log = logging.getLogger(__name__)
@@ -116,17 +116,18 @@ def read_with_halo(array: zarr.Array, meta: ImageMeta, block: Block,
 
 
 def run_network(model: UNet, data: np.ndarray, grid: tuple[int, ...], device: torch.device,
-                margins: Window | None = None) -> np.ndarray:
+                margins: Window | None = None, bfloat16: bool = False) -> np.ndarray:
     """Apply ``model`` to one normalised single-channel array, reflect-padding its end up to the pooling grid.
 
     With ``margins`` (``(before, after)`` per axis) the result leaves them out
     (:meth:`UNet.forward_cropped`: the decoder runs only where the output needs it).
+    ``bfloat16`` runs it under bfloat16 autocast (float32 result).
     """
     pad = [(0, (-s) % g) for s, g in zip(data.shape, grid)]
     padded = np.pad(data, pad, mode="reflect") if any(p for _, p in pad) else data
     tensor = torch.from_numpy(np.ascontiguousarray(padded))[None, None]
     tensor = tensor.to(device, memory_format=memory_format(data.ndim))
-    with torch.inference_mode(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+    with torch.inference_mode(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=bfloat16):
         if margins is None:
             out = model(tensor)[(..., *(slice(0, s) for s in data.shape))]
         else:
@@ -136,16 +137,17 @@ def run_network(model: UNet, data: np.ndarray, grid: tuple[int, ...], device: to
 
 def denoise_with_halo(data: np.ndarray, margins: Window, model: UNet, normalisation: Normalisation, block: Block,
                       grid: tuple[int, ...], device: torch.device,
-                      compute_lock: contextlib.AbstractContextManager | None = None) -> np.ndarray:
+                      compute_lock: contextlib.AbstractContextManager | None = None,
+                      bfloat16: bool = False) -> np.ndarray:
     """Denoise ``block`` from its data read with halo (``margins`` around it; intensities in the input's
     scale, float32).
 
     ``compute_lock``, when given, is held only around the forward pass, so other
-    blocks' reads and writes overlap with it.
+    blocks' reads and writes overlap with it; ``bfloat16`` as in :func:`run_network`.
     """
     normalised = normalisation.apply(data, block.c)
     with compute_lock or contextlib.nullcontext():
-        out = run_network(model, normalised, grid, device, margins)
+        out = run_network(model, normalised, grid, device, margins, bfloat16)
     return normalisation.invert(out, block.c)
 
 
@@ -337,13 +339,14 @@ def predict_part(raw_zarr: Path, model_dir: Path, dst: Path, block_shape: Mappin
                  parts: int = 1, threads: int = 1, device: str = "auto", compressor: str = "zstd",
                  compression_level: int = 5, output_dtype: str = "float32",
                  output_range: str | Sequence[float] = "auto",
-                 scheduler_address: str | None = None) -> PredictionStats:
+                 scheduler_address: str | None = None, precision: str = "auto") -> PredictionStats:
     """Denoise part ``part`` of ``parts`` of ``raw_zarr`` into the partial output of ``dst``.
 
     Parts write disjoint blocks (whole output chunks) of one shared partial
     OME-Zarr, so they can run as separate jobs on separate nodes; blocks already
     marked done (a killed earlier run) are skipped. :func:`finalize_prediction`
-    turns the partial output into ``dst`` once every part is done.
+    turns the partial output into ``dst`` once every part is done. ``precision``:
+    ``float32``, ``bfloat16`` or ``auto`` (:func:`~n2vpipe.train.computes_in_bfloat16`).
     """
     started = time.monotonic()
     torch_device = select_device(device)
@@ -358,7 +361,8 @@ def predict_part(raw_zarr: Path, model_dir: Path, dst: Path, block_shape: Mappin
     blocks = plan_blocks(meta, block, block, grid)
     torch.set_num_threads(max(1, threads))
     partial = partial_path(dst)
-    fingerprint = _fingerprint(model_dir, block, (output_dtype, output_range))
+    fingerprint = _fingerprint(model_dir, block, (output_dtype, output_range, precision))
+    bfloat16 = computes_in_bfloat16(precision, torch_device)
     with _exclusive(partial.with_name(partial.name + ".lock")):
         target, encoding = _open_or_create_output(
             partial, meta, block, compressor, compression_level, fingerprint, Path(dst).parent.name, len(blocks),
@@ -366,9 +370,9 @@ def predict_part(raw_zarr: Path, model_dir: Path, dst: Path, block_shape: Mappin
     done_dir = partial / DONE_DIR
     mine = part_of(blocks, part, parts)
     pending = [b for b in mine if not (done_dir / b.name).exists()]
-    log.info("predict %s part %d/%d: %d of %d blocks of %s (halo %s, grid %s), %d already done; output %s",
-             raw_zarr, part + 1, parts, len(mine), len(blocks), block, halo, grid, len(mine) - len(pending),
-             encoding.dtype)
+    log.info("predict %s part %d/%d: %d of %d blocks of %s (halo %s, grid %s), %d already done; output %s; "
+             "network in %s on %s", raw_zarr, part + 1, parts, len(mine), len(blocks), block, halo, grid,
+             len(mine) - len(pending), encoding.dtype, "bfloat16" if bfloat16 else "float32", torch_device)
     compute_lock = threading.Lock() if torch_device.type == "cpu" else None
     stats = PredictionStats()
     progress = BlockProgress(len(pending), sum(b.voxels for b in pending))
@@ -378,7 +382,7 @@ def predict_part(raw_zarr: Path, model_dir: Path, dst: Path, block_shape: Mappin
         data, margins = read_with_halo(array, meta, item, halo)
         read_done = time.perf_counter()
         result = denoise_with_halo(data, margins, model, description.normalisation, item, grid, torch_device,
-                                   compute_lock)
+                                   compute_lock, bfloat16)
         computed = time.perf_counter()
         target[meta.key(item.t, item.c, item.start, item.stop)] = encoding.encode(result, item.c)
         (done_dir / item.name).touch()
@@ -422,13 +426,13 @@ def predict_volume(raw_zarr: Path, model_dir: Path, dst: Path, block_shape: Mapp
                    device: str = "auto", compressor: str = "zstd", compression_level: int = 5,
                    pyramid_levels: int = 1, output_dtype: str = "float32",
                    output_range: str | Sequence[float] = "auto",
-                   scheduler_address: str | None = None) -> PredictionStats:
+                   scheduler_address: str | None = None, precision: str = "auto") -> PredictionStats:
     """Denoise ``raw_zarr`` with the model in ``model_dir`` into a new OME-Zarr at ``dst``, in one job.
 
     ``dst`` appears only once every block is written; a killed run resumes with
     the blocks it had not finished.
     """
     stats = predict_part(raw_zarr, model_dir, dst, block_shape, 0, 1, threads, device, compressor,
-                         compression_level, output_dtype, output_range, scheduler_address)
+                         compression_level, output_dtype, output_range, scheduler_address, precision)
     finalize_prediction(dst, pyramid_levels, compressor, compression_level)
     return stats

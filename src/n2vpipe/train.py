@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import functools
 import logging
 import math
 import os
@@ -64,6 +65,7 @@ class TrainConfig:
     max_minutes: float = 0.0
     checkpoint_every: int = 100
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    precision: Literal["auto", "float32", "bfloat16"] = "auto"
     pool_tiles: int = 8
     tile_refresh_every: int = 4
     struct_mask: list[list[int]] | list[list[list[int]]] | None = None
@@ -103,6 +105,23 @@ def select_device(requested: str) -> torch.device:
     if requested == "cuda" or (requested == "auto" and torch.cuda.is_available()):
         return torch.device("cuda")
     return torch.device("cpu")
+
+
+@functools.cache
+def cpu_has_amx_bf16() -> bool:
+    """Whether this CPU multiplies bfloat16 matrices in hardware (Intel AMX), from /proc/cpuinfo's flags."""
+    try:
+        with open("/proc/cpuinfo") as cpuinfo:
+            return any(line.startswith("flags") and "amx_bf16" in line.split() for line in cpuinfo)
+    except OSError:
+        return False
+
+
+def computes_in_bfloat16(precision: str, device: torch.device) -> bool:
+    """Whether the network runs under bfloat16 autocast: when asked, or for ``auto`` on CUDA and on AMX CPUs."""
+    if precision != "auto":
+        return precision == "bfloat16"
+    return device.type == "cuda" or cpu_has_amx_bf16()
 
 
 def effective_patch(meta: ImageMeta, config: TrainConfig, grid: tuple[int, ...]) -> tuple[int, ...]:
@@ -400,7 +419,8 @@ def train_n2v(zarr_path: Path, model_dir: Path, config: TrainConfig, threads: in
             log.info("keeping the weights of step %d (lowest validation loss %.4f)", best.step, best.loss)
         description = ModelDescription(spec=spec, normalisation=normalisation, spatial_axes=meta.spatial_axes,
                                        training={**config.to_dict(), "effective_patch": list(patch),
-                                                 "source": str(zarr_path), "device": str(device)},
+                                                 "source": str(zarr_path), "device": str(device),
+                                                 "bfloat16": computes_in_bfloat16(config.precision, device)},
                                        history=history)
         model.eval()
         save_model(model, description, partial)
@@ -427,6 +447,7 @@ def _run_steps(model: UNet, optimizer: torch.optim.Optimizer, pool: PatchPool, v
     if not new_log:
         _truncate_log(log_path, first_step)
     started = time.monotonic() - elapsed_before
+    bfloat16 = computes_in_bfloat16(config.precision, device)
     stop_reason = "steps"
     model.train()
     running, running_count = torch.zeros((), dtype=torch.float64, device=device), 0
@@ -444,7 +465,7 @@ def _run_steps(model: UNet, optimizer: torch.optim.Optimizer, pool: PatchPool, v
                 group["lr"] = learning_rate
             batch = augment(pool.sample(config.batch_size), rng)
             inputs, targets, masks = _masked_tensors(batch, config, rng, device)
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bfloat16):
                 prediction = model(inputs)
             loss = masked_loss(prediction.float(), targets, masks, config.loss)
             optimizer.zero_grad(set_to_none=True)

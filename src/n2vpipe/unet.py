@@ -153,7 +153,7 @@ def upsample_conv(x: torch.Tensor, weight: torch.Tensor, factors: tuple[int, ...
     """
     kernel = weight
     for axis, factor in enumerate(factors):
-        folded = torch.tensordot(kernel, _upsample_taps(factor).to(weight), dims=([2 + axis], [1]))
+        folded = torch.tensordot(kernel, _upsample_taps(factor).to(kernel), dims=([2 + axis], [1]))
         kernel = torch.movedim(folded, -1, 2 + axis)
     transposed = F.conv_transpose3d if len(factors) == 3 else F.conv_transpose2d
     return transposed(x, kernel.transpose(0, 1), bias, stride=factors, padding=1)

@@ -22,6 +22,7 @@ with job_logging(snakemake.log[0]):
         compression_level=settings["compression_level"],
         output_dtype=settings["output_dtype"],
         output_range=settings["output_range"],
+        precision=settings["precision"],
         scheduler_address=run["scheduler_address"] or None,
     )
     Path(snakemake.output.marker).touch()
