@@ -313,12 +313,12 @@ def write_results(runs: list[dict[str, Any]], summary: list[dict[str, Any]], fac
 
     rows = [{"summary": summary, "runs": runs, "profile": profile, "setting": facts}]
     png = save_results("training_speed", describe(facts), rows, markdown(summary, runs, facts, profile))
-    fig, ax = plt.subplots(figsize=(6, 4))
-    names = [r["method"] for r in summary]
+    fig, ax = plt.subplots(figsize=(8, 4))
+    names = [f"{r['method']}\n({r['arithmetic']})" for r in summary]
     ax.bar(names, [r["median_steps_per_s"] for r in summary], color=["tab:orange", "tab:blue", "tab:green", "tab:cyan"][:len(names)],
            label="median")
-    for index, name in enumerate(names):
-        rates = [r["steps_per_s"] for r in runs if r["method"] == name]
+    for index in range(len(names)):
+        rates = [r["steps_per_s"] for r in runs if r["method"] == summary[index]["method"]]
         ax.scatter([index] * len(rates), rates, color="k", s=12, zorder=3, label="runs" if index == 0 else None)
     ax.set(ylabel="training steps/s", ylim=(0, None),
            title=f"patch {facts['patch']}, batch {facts['batch']}, {facts['threads']} threads")
