@@ -7,7 +7,7 @@ images (``train_n2v`` in a fresh process, TrainConfig ``N2VPIPE_DEFAULTS`` below
 ``--n2vpipe-set key=value``, values parsed as JSON where they parse, recorded in the JSON; ``max_minutes`` =
 --minutes, ``steps`` large enough that the wall budget ends training, ``checkpoint_every`` =
 --checkpoint-every, ``device`` = --device). n2vpipe holds out the last tenth of the longest spatial axis of
-every image (at least one patch) for validation; evaluation covers the whole images.
+every image (at least half a patch) for validation; evaluation covers the whole images.
 
 The curve: while training runs, this process polls n2vpipe's partial model folder every --poll-seconds and
 copies each new checkpoint (written atomically) to a scratch folder, noting when it saw it; beyond twice

@@ -24,6 +24,7 @@ from n2vpipe.train import (
     cpu_has_amx_bf16,
     learning_rate_at,
     split_regions,
+    validation_patch,
     train_n2v,
 )
 from synthetic import poisson_gaussian, smooth_blobs
@@ -111,10 +112,19 @@ def _train_and_interrupt_after_checkpoint(raw_zarr: Path, model_dir: Path, confi
 
 
 def test_validation_region_is_disjoint_from_training() -> None:
-    train, val = split_regions((32, 200, 64), (16, 64, 64), 0.1)
+    train, val = split_regions((32, 200, 64), (16, 64, 64), 0.1, (4, 4, 4))
     assert val is not None
-    assert train.stop[1] == val.start[1] == 136 and val.stop[1] == 200
-    assert split_regions((16, 64, 64), (16, 64, 64), 0.1)[1] is None
+    assert train.stop[1] == val.start[1] == 168 and val.stop[1] == 200
+    assert split_regions((16, 64, 64), (16, 64, 64), 0.1, (4, 4, 4))[1] is None
+
+
+def test_validation_slab_of_a_small_volume_is_half_a_patch_on_the_grid() -> None:
+    train, val = split_regions((32, 128, 128), (16, 64, 64), 0.1, (4, 4, 4))
+    assert val is not None and train.stop == (24, 128, 128) and val.start == (24, 0, 0)
+    assert validation_patch((16, 64, 64), val) == (8, 64, 64)
+    train, val = split_regions((32, 1000, 64), (16, 64, 64), 0.1, (4, 4, 4))
+    assert val is not None and val.shape == (32, 100, 64) and validation_patch((16, 64, 64), val) == (16, 64, 64)
+    assert split_regions((16, 90, 64), (16, 64, 64), 0.1, (4, 4, 4))[1] is None
 
 
 def test_augmentation_never_mixes_z() -> None:

@@ -136,18 +136,21 @@ def effective_patch(meta: ImageMeta, config: TrainConfig, grid: tuple[int, ...])
     return tuple(patch)
 
 
-def split_regions(shape: tuple[int, ...], patch: tuple[int, ...], fraction: float) -> tuple[Region, Region | None]:
+def split_regions(shape: tuple[int, ...], patch: tuple[int, ...], fraction: float,
+                  grid: tuple[int, ...]) -> tuple[Region, Region | None]:
     """Split the volume into disjoint training and validation regions.
 
-    The validation slab takes ``fraction`` of the axis with the most room
-    (at least one patch deep); ``None`` when the volume cannot spare one.
+    The validation slab takes ``fraction`` of the axis with the most room, but at
+    least half a patch, rounded up to the pooling ``grid``; ``None`` when the rest
+    could not hold a training patch. Small volumes so keep most of their data for
+    training (:func:`validation_patch` fits the patches to the slab).
     """
     whole = Region((0,) * len(shape), tuple(shape))
     if fraction <= 0:
         return whole, None
     room = [s / p for s, p in zip(shape, patch)]
     axis = int(np.argmax(room))
-    depth = max(patch[axis], int(round(shape[axis] * fraction)))
+    depth = math.ceil(max(shape[axis] * fraction, patch[axis] / 2) / grid[axis]) * grid[axis]
     if shape[axis] - depth < patch[axis]:
         return whole, None
     cut = shape[axis] - depth
@@ -156,6 +159,11 @@ def split_regions(shape: tuple[int, ...], patch: tuple[int, ...], fraction: floa
     val_start = [0] * len(shape)
     val_start[axis] = cut
     return Region(whole.start, tuple(train_stop)), Region(tuple(val_start), tuple(shape))
+
+
+def validation_patch(patch: tuple[int, ...], region: Region) -> tuple[int, ...]:
+    """The training patch, cut down to the validation slab where it is thinner."""
+    return tuple(min(p, r) for p, r in zip(patch, region.shape))
 
 
 def estimate_normalisation(array: zarr.Array, meta: ImageMeta, rng: np.random.Generator,
@@ -391,16 +399,18 @@ def train_n2v(zarr_path: Path, model_dir: Path, config: TrainConfig, threads: in
     spec = build_spec(config, meta)
     if config.struct_mask is not None:
         struct_offsets(config.struct_mask, spec.ndim)
-    patch = effective_patch(meta, config, total_downsampling(spec))
+    grid = total_downsampling(spec)
+    patch = effective_patch(meta, config, grid)
     normalisation = estimate_normalisation(array, meta, rng)
-    train_region, val_region = split_regions(meta.spatial_shape, patch, config.validation_fraction)
+    train_region, val_region = split_regions(meta.spatial_shape, patch, config.validation_fraction, grid)
     log.info("training %s: %s on %s, patch %s, device %s, normalisation %s", zarr_path, spec, meta.axes,
              patch, device, normalisation)
     pool = PatchPool(array, meta, train_region, patch, normalisation, config.pool_tiles,
                      config.tile_refresh_every, rng)
     val_batch = None
     if val_region is not None:
-        val_pool = PatchPool(array, meta, val_region, patch, normalisation, 2, 1, np.random.default_rng(config.seed + 1))
+        val_pool = PatchPool(array, meta, val_region, validation_patch(patch, val_region), normalisation, 2, 1,
+                             np.random.default_rng(config.seed + 1))
         val_batch = _masked_tensors(val_pool.sample(config.validation_patches), config,
                                     np.random.default_rng(config.seed + 2), device)
     elif config.early_stopping_patience:
