@@ -59,7 +59,7 @@ def test_bfloat16_run_is_close_to_float32_but_not_the_same_arithmetic(spec: UNet
     """bfloat16 autocast (the transposed-convolution upsampling included) runs every spec and tracks float32.
 
     Random weights with random BatchNorm statistics cancel more than trained ones, so the bound is loose;
-    on trained models the denoised PSNR is the same to 0.01 dB (benchmarks/results/inference_speed.md)."""
+    on trained models the denoised PSNR is the same to 0.01 dB (benchmarks/results/precision_quality.md)."""
     model = _trained_like(spec)
     data = np.random.default_rng(1).normal(size=(12, 40, 40)[-spec.ndim:]).astype(np.float32)
     grid = total_downsampling(spec)
