@@ -20,8 +20,8 @@ exec); CAREamics' data-loader process is not counted.
 Also measured: FLOPs per output voxel of each network (torch FlopCounterMode over one tile's
 forward), the conv3d rate of this CPU (FLOP/s of one n2vpipe forward on a large channels-last tile),
 hence each network's ceiling voxels/s and the fraction of it each method reaches; voxels the network
-actually computed (counted at the first convolution) over output voxels; and n2vpipe's
-read/compute/write split. Writes results/inference_speed.json, .md and .png.
+actually computed (the inputs of its forward passes: n2vpipe's blocks with halo, CAREamics' tiles) over
+output voxels; and n2vpipe's read/compute/write split. Writes results/inference_speed.json, .md and .png.
 
     python benchmarks/inference_speed.py [--shape 64x512x512] [--block 32x256x256] [--repeats 2]
         [--threads 2] [--careamics-python /tmp/careamics-venv/bin/python] [--quick]
@@ -75,6 +75,12 @@ N2VPIPE = COUNT_INPUT_VOXELS + """
 import json, sys, time
 from n2vpipe.predict import predict_volume
 from n2vpipe.train import computes_in_bfloat16
+from n2vpipe.unet import UNet
+_forward_cropped = UNet.forward_cropped
+def _count_block(self, x, *args, **kwargs):
+    SEEN.append(x.shape[0] * math.prod(x.shape[2:]))
+    return _forward_cropped(self, x, *args, **kwargs)
+UNet.forward_cropped = _count_block
 args = json.loads(sys.argv[1])
 block = dict(zip("zyx", args["block"]))
 start = time.perf_counter()

@@ -6,12 +6,14 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import FlopCounterMode
 
 from n2vpipe.io import ImageMeta
 from n2vpipe.model_io import Normalisation
 from n2vpipe.predict import halo_on_grid, plan_blocks, predict_block, read_with_halo, run_network
 from n2vpipe.unet import (
+    SLAB_VOXELS,
     MaxBlurPool,
     UNet,
     UNetSpec,
@@ -220,6 +222,8 @@ def _central(tensor: torch.Tensor, margins: tuple[int, ...]) -> torch.Tensor:
     return tensor[(..., *(slice(m, n - m) for m, n in zip(margins, tensor.shape[2:])))]
 
 
+# Slabs of one row each, of a few rows (ragged last slab) and of the whole input.
+SLAB_SIZES = (1, 5000, SLAB_VOXELS)
 CROPPED_CASES = [
     (UNetSpec(ndim=2, depth=2, base_filters=4), (68, 84), None),
     (UNetSpec(ndim=2, depth=3, base_filters=4, n2v2=True), (136, 128), (5, 60)),
@@ -239,10 +243,11 @@ def test_forward_cropped_equals_the_central_crop_of_forward(spec: UNetSpec, shap
     margins = margins or receptive_reach(spec)
     x = torch.randn(2, 1, *shape)
     with torch.no_grad():
-        cropped = model.forward_cropped(x, margins)
         whole = model(x)
-    assert cropped.shape[2:] == tuple(n - 2 * m for n, m in zip(shape, margins))
-    torch.testing.assert_close(cropped, _central(whole, margins), rtol=1e-5, atol=1e-5)
+        for slab_voxels in SLAB_SIZES:
+            cropped = model.forward_cropped(x, margins, slab_voxels)
+            assert cropped.shape[2:] == tuple(n - 2 * m for n, m in zip(shape, margins))
+            torch.testing.assert_close(cropped, _central(whole, margins), rtol=1e-5, atol=1e-5)
 
 
 def test_forward_cropped_refuses_training_mode_and_empty_outputs() -> None:
@@ -262,9 +267,10 @@ def test_forward_cropped_with_uneven_margins_equals_that_crop_of_forward(n2v2: b
     x = torch.randn(1, 1, 24, 48, 56)
     margins = [(0, 9), (17, 0), (3, 21)]
     with torch.no_grad():
-        cropped = model.forward_cropped(x, margins)
         whole = model(x)
-    torch.testing.assert_close(cropped, whole[..., 0:15, 17:48, 3:35], rtol=1e-5, atol=1e-5)
+        for slab_voxels in SLAB_SIZES:
+            cropped = model.forward_cropped(x, margins, slab_voxels)
+            torch.testing.assert_close(cropped, whole[..., 0:15, 17:48, 3:35], rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("n2v2", [False, True])
@@ -278,3 +284,33 @@ def test_forward_cropped_needs_far_fewer_flops_on_a_block_with_its_halo(n2v2: bo
             run(x)
         flops.append(counter.get_total_flops())
     assert flops[1] < 0.8 * flops[0]
+
+
+class _LargestTensor(TorchDispatchMode):
+    """Records the most elements of any tensor an operation returns."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.elements = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # noqa: ANN001, ANN204
+        out = func(*args, **(kwargs or {}))
+        for tensor in out if isinstance(out, (tuple, list)) else [out]:
+            if isinstance(tensor, torch.Tensor):
+                self.elements = max(self.elements, tensor.numel())
+        return out
+
+
+@pytest.mark.parametrize("n2v2", [False, True])
+def test_forward_cropped_in_slabs_never_makes_a_full_size_feature_tensor(n2v2: bool) -> None:
+    spec = UNetSpec(ndim=3, depth=2, base_filters=8, n2v2=n2v2)
+    model = _trained_like(spec)
+    x = torch.randn(1, 1, 64, 96, 96)
+    largest = {}
+    with torch.no_grad():
+        for name, run in (("whole", model), ("slabs", lambda t: model.forward_cropped(t, 24, slab_voxels=96 * 96))):
+            with _LargestTensor() as tracker:
+                run(x)
+            largest[name] = tracker.elements
+    assert largest["whole"] >= 8 * x.numel()
+    assert largest["slabs"] < largest["whole"] / 4

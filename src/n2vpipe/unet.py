@@ -10,6 +10,11 @@ transposed convolution on the coarse features (:func:`upsample_conv`): the same
 function and weights, with 8/27 of the multiply-adds for the upsampled channels
 of an isotropic 3D level and no upsampled tensor in memory.
 
+Inference on a block with its halo (:meth:`UNet.forward_cropped`) runs each level in
+slabs of rows along the first spatial axis, keeping only the part of each skip tensor
+that the decoder reads: no feature tensor of the block's size is ever made, which
+bounds memory for large blocks (a few rows next to each slab are computed twice).
+
 N2V2 (Höck et al. 2022) removes the checkerboard artefacts of Noise2Void with
 two changes: max-blur-pooling (max pooling at stride 1, then a binomial
 ``[1, 2, 1] / 4`` blur with the pooling stride, on pooled axes only) and no skip
@@ -27,7 +32,7 @@ keep); the full receptive field is ``2 * reach + 1``.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 
 import torch
@@ -176,13 +181,22 @@ class MaxBlurPool(nn.Module):
         self.register_buffer("kernel", kernel, persistent=False)
         self.padding = tuple(len(BLUR_TAPS) // 2 if factor > 1 else 0 for factor in factors)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Downsample ``x`` of shape ``(B, C, *spatial)`` by the factors."""
+    def forward(self, x: torch.Tensor, first_axis_ends: tuple[bool, bool] = (True, True)) -> torch.Tensor:
+        """Downsample ``x`` of shape ``(B, C, *spatial)`` by the factors.
+
+        ``first_axis_ends``: whether ``x`` ends there along the first spatial axis, where
+        the blur pads with zeros. Where it does not, ``x`` is a slab of a larger tensor that
+        brings one more row on that side than its pooled rows need (see
+        :meth:`UNet._encode_level_in_slabs`).
+        """
         three_d = len(self.factors) == 3
         x = (F.max_pool3d if three_d else F.max_pool2d)(x, kernel_size=self.factors, stride=1)
+        padding = self.padding
+        if padding[0] and first_axis_ends != (True, True):
+            x, padding = _zero_extended(x, *first_axis_ends), (0, *padding[1:])
         weight = self.kernel.to(x.dtype).expand(x.shape[1], 1, *self.kernel.shape)
         conv = F.conv3d if three_d else F.conv2d
-        return conv(x, weight, stride=self.factors, padding=self.padding, groups=x.shape[1])
+        return conv(x, weight, stride=self.factors, padding=padding, groups=x.shape[1])
 
 
 def _pool(spec: UNetSpec, factors: tuple[int, ...]) -> nn.Module:
@@ -194,6 +208,67 @@ def _pool(spec: UNetSpec, factors: tuple[int, ...]) -> nn.Module:
 
 
 Window = tuple[tuple[int, int], ...]
+SLAB_VOXELS = 2**20
+
+
+def _is_conv(layer: nn.Module) -> bool:
+    return isinstance(layer, nn.modules.conv._ConvNd)
+
+
+def _zero_extended(x: torch.Tensor, before: bool, after: bool) -> torch.Tensor:
+    """``x`` with a row of zeros before and/or after its first spatial axis (a convolution's padding)."""
+    if not (before or after):
+        return x
+    return F.pad(x, (0, 0) * (x.ndim - 3) + (int(before), int(after)))
+
+
+def _convolve_rows(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """3-wide convolution padded by 1 on every axis but the first, which loses a row at each end."""
+    convolve = F.conv3d if x.ndim == 5 else F.conv2d
+    return convolve(x, weight, bias, padding=(0,) + (1,) * (x.ndim - 3))
+
+
+RowSource = Callable[[int, int], torch.Tensor]
+
+
+def _rows_of(layers: Sequence[nn.Module], source: RowSource, rows: int, lo: int, hi: int) -> torch.Tensor:
+    """Rows ``[lo, hi)`` (first spatial axis) of ``layers`` applied to a tensor of ``rows`` rows,
+    whose rows ``[a, b)`` ``source(a, b)`` computes.
+
+    ``layers`` are 3-wide convolutions with padding 1 and pointwise layers (BatchNorm in
+    eval mode, ReLU). Each convolution reads one row more on each side than it writes:
+    rows computed by the layers before it, or its zero padding past the ends.
+    """
+    last = max((i for i, layer in enumerate(layers) if _is_conv(layer)), default=None)
+    if last is None:
+        out, tail = source(lo, hi), layers
+    else:
+        inner = _rows_of(layers[:last], source, rows, max(0, lo - 1), min(rows, hi + 1))
+        out = _convolve_rows(_zero_extended(inner, lo == 0, hi == rows), layers[last].weight, layers[last].bias)
+        tail = layers[last + 1:]
+    for layer in tail:
+        out = layer(out)
+    return out
+
+
+def _upsample_conv_rows(x: torch.Tensor, weight: torch.Tensor, factors: tuple[int, ...],
+                        bias: torch.Tensor | None, lo: int, hi: int) -> torch.Tensor:
+    """Rows ``[lo, hi)`` of ``upsample_conv(x, weight, factors, bias)``, from the coarse rows they read."""
+    factor, coarse_rows = factors[0], x.shape[2]
+    first, last = max(0, (lo - 1) // factor), min(coarse_rows, hi // factor + 1)
+    fine = upsample_conv(x[:, :, first:last], weight, factors, bias)
+    return fine[:, :, lo - first * factor:hi - first * factor]
+
+
+def _slab_rows(plane: Sequence[int], slab_voxels: int) -> int:
+    """Rows (first spatial axis) of ``plane``-sized rows in a slab of about ``slab_voxels`` voxels; at least one."""
+    return max(1, slab_voxels // math.prod(plane))
+
+
+def _empty_like_rows(part: torch.Tensor, rows: int) -> torch.Tensor:
+    """Uninitialised tensor like ``part`` (dtype, device, channels-last), ``rows`` long on the first spatial axis."""
+    return torch.empty((*part.shape[:2], rows, *part.shape[3:]), dtype=part.dtype, device=part.device,
+                       memory_format=memory_format(part.ndim - 2))
 
 
 def margin_pairs(margin: int | Sequence[int | tuple[int, int]], ndim: int) -> Window:
@@ -260,26 +335,90 @@ class UNet(nn.Module):
             x = pool(x)
         return x, skips
 
-    def _decode(self, level: int, x: torch.Tensor, skip: torch.Tensor,
-                offset: Sequence[int] | None = None) -> torch.Tensor:
+    def _encode_level_in_slabs(self, level: int, x: torch.Tensor, window: Window,
+                               slab_voxels: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Encoder block ``level`` and its pooling, in slabs of about ``slab_voxels`` (rows of the first spatial axis).
+
+        Returns the pooled tensor and the ``window`` of the block's output that the
+        decoder reads (``None`` where N2V2 drops it); the block's whole output never
+        exists. Max-blur-pooling reads one row past each side of a slab, which is computed
+        twice; max pooling reads none.
+        """
+        layers, pool, factor = list(self.encoders[level]), self.pools[level], self.spec.pooling[level][0]
+        reach = 1 if self.spec.n2v2 and factor > 1 else 0
+        rows, step = x.shape[2], max(factor, _slab_rows(x.shape[3:], slab_voxels) // factor * factor)
+        (skip_lo, skip_hi), *across = window
+        pooled = skip = None
+        for lo in range(0, rows, step):
+            hi = min(lo + step, rows)
+            read_lo, read_hi = max(0, lo - reach), min(rows, hi + reach)
+            features = _rows_of(layers, lambda a, b: x[:, :, a:b], rows, read_lo, read_hi)
+            part = pool(features, (lo == 0, hi == rows)) if reach else pool(features)
+            if pooled is None:
+                pooled = _empty_like_rows(part, rows // factor)
+                if not self._drops_skip(level):
+                    skip = _empty_like_rows(features[(..., *(slice(a, b) for a, b in across))], skip_hi - skip_lo)
+            pooled[:, :, lo // factor:hi // factor] = part
+            first, last = max(lo, skip_lo), min(hi, skip_hi)
+            if skip is not None and first < last:
+                origin = (read_lo, *(0 for _ in across))
+                skip[:, :, first - skip_lo:last - skip_lo] = _crop(features, ((first, last), *across), origin)
+        return pooled, skip
+
+    def _decode(self, level: int, x: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
         """The decoder block of ``level`` on ``cat([upsample(x), skip])``, building neither tensor.
 
         The block's first convolution is split into :func:`upsample_conv` on ``x`` and a
         convolution of ``skip`` (only its shape is used where N2V2 drops the skip).
-        ``skip`` may be a window of the skip tensor that starts ``offset`` fine voxels
-        into the upsampled ``x`` (see :meth:`forward_cropped`).
         """
         block = self.decoders[len(self.decoders) - 1 - level]
         conv, up_width = block[0], x.shape[1]
         x = upsample_conv(x, conv.weight[:, :up_width], self.spec.pooling[level], conv.bias)
-        if offset is not None:
-            x = x[(..., *(slice(o, o + n) for o, n in zip(offset, skip.shape[2:])))]
         if not self._drops_skip(level):
             convolve = F.conv3d if self.spec.ndim == 3 else F.conv2d
             x = x + convolve(skip, conv.weight[:, up_width:], padding=1)
         for layer in list(block)[1:]:
             x = layer(x)
         return x
+
+    def _decode_level_in_slabs(self, level: int, x: torch.Tensor, skip: torch.Tensor | None, window: Window,
+                               needed: Window, offset: Sequence[int], slab_voxels: int) -> torch.Tensor:
+        """The decoder block of ``level`` (and the head at the top) on its input ``window``, cropped to ``needed``.
+
+        ``x`` is the coarser level's output; its nearest upsampling starts ``offset`` fine
+        voxels before ``window``, whose part of the skip tensor ``skip`` is (``None`` where
+        N2V2 drops it). Runs in slabs of about ``slab_voxels`` (output rows of the first spatial axis),
+        as :meth:`_decode` on the window would (zero padding at its edges), so that no
+        tensor of the window's size is made; rows next to a slab are computed twice.
+        """
+        block = self.decoders[len(self.decoders) - 1 - level]
+        conv, up_width = block[0], x.shape[1]
+        (window_lo, window_hi), *window_across = window
+        rows = window_hi - window_lo
+
+        def first_conv_rows(lo: int, hi: int) -> torch.Tensor:
+            """Rows of the block's first convolution on ``cat([upsample(x), skip])`` (window coordinates)."""
+            up = _upsample_conv_rows(x, conv.weight[:, :up_width], self.spec.pooling[level], conv.bias,
+                                     lo + offset[0], hi + offset[0])
+            up = up[(..., *(slice(o, o + b - a) for o, (a, b) in zip(offset[1:], window_across)))]
+            if skip is None:
+                return up
+            near = _zero_extended(skip[:, :, max(0, lo - 1):min(rows, hi + 1)], lo == 0, hi == rows)
+            return _convolve_rows(near, conv.weight[:, up_width:], None).add_(up)
+
+        (keep_lo, keep_hi), *keep_across = [(lo - w, hi - w) for (lo, hi), (w, _) in zip(needed, window)]
+        out = None
+        step = _slab_rows([b - a for a, b in window_across], slab_voxels)
+        for lo in range(keep_lo, keep_hi, step):
+            hi = min(lo + step, keep_hi)
+            part = _rows_of(list(block)[1:], first_conv_rows, rows, lo, hi)
+            part = part[(..., *(slice(a, b) for a, b in keep_across))]
+            if level == 0:
+                part = self.head(part)
+            if out is None:
+                out = _empty_like_rows(part, keep_hi - keep_lo)
+            out[:, :, lo - keep_lo:hi - keep_lo] = part
+        return out
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Denoise ``x`` of shape ``(B, C, *spatial)``."""
@@ -289,7 +428,8 @@ class UNet(nn.Module):
             x = self._decode(level, x, skips[level])
         return self.head(x)
 
-    def forward_cropped(self, x: torch.Tensor, margin: int | Sequence[int | tuple[int, int]]) -> torch.Tensor:
+    def forward_cropped(self, x: torch.Tensor, margin: int | Sequence[int | tuple[int, int]],
+                        slab_voxels: int = SLAB_VOXELS) -> torch.Tensor:
         """``self(x)`` less ``margin`` voxels at the ends of each axis, running the decoder only where needed.
 
         ``margin`` is one number for every end, one per axis, or a ``(before, after)``
@@ -302,6 +442,11 @@ class UNet(nn.Module):
         result is exact. With ``margin`` at least :func:`receptive_reach`, the
         output does not depend on how ``x`` was padded. BatchNorm must be in eval
         mode (batch statistics of a cropped tensor differ).
+
+        Memory: every level runs in slabs of about ``slab_voxels`` voxels, and each encoder level keeps
+        only the window of its output that the decoder reads (:meth:`_encode_level_in_slabs`,
+        :meth:`_decode_level_in_slabs`), so no tensor of the input's size and the network's
+        width is ever made.
         """
         if self.training and self.spec.batch_norm:
             raise RuntimeError("forward_cropped needs eval mode: BatchNorm batch statistics depend on the crop")
@@ -310,15 +455,17 @@ class UNet(nn.Module):
         if any(lo < 0 or hi < 0 or lo + hi >= n for (lo, hi), n in zip(margins, spatial)):
             raise ValueError(f"margin {margin} does not leave an output inside the input {spatial}")
         needed, windows = self._decoder_windows(spatial, margins)
-        x, skips = self._encode(x)
-        origin = (0,) * self.spec.ndim
-        x = self.bottom(_crop(x, windows[-1], origin))
+        skips = []
+        for level in range(self.spec.depth):
+            x, skip = self._encode_level_in_slabs(level, x, windows[level], slab_voxels)
+            skips.append(skip)
+        x = self.bottom(_crop(x, windows[-1], (0,) * self.spec.ndim))
+        x = _crop(x, needed[-1], _starts(windows[-1]))
         for level in reversed(range(self.spec.depth)):
-            coarse = needed[level + 1]
-            x = _crop(x, coarse, _starts(windows[level + 1]))
-            offset = [lo - c * f for lo, (c, _), f in zip(_starts(windows[level]), coarse, self.spec.pooling[level])]
-            x = self._decode(level, x, _crop(skips[level], windows[level], origin), offset)
-        return self.head(_crop(x, needed[0], _starts(windows[0])))
+            offset = [lo - c * f for lo, (c, _), f in
+                      zip(_starts(windows[level]), needed[level + 1], self.spec.pooling[level])]
+            x = self._decode_level_in_slabs(level, x, skips.pop(), windows[level], needed[level], offset, slab_voxels)
+        return x
 
     def _decoder_windows(self, spatial: tuple[int, ...], margins: Window) -> tuple[list[Window], list[Window]]:
         """Per level, top first: the needed output window of its decoder (bottom block last), and its input window."""
