@@ -222,10 +222,22 @@ def _zero_extended(x: torch.Tensor, before: bool, after: bool) -> torch.Tensor:
     return F.pad(x, (0, 0) * (x.ndim - 3) + (int(before), int(after)))
 
 
-def _convolve_rows(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-    """3-wide convolution padded by 1 on every axis but the first, which loses a row at each end."""
+def _convolve_rows(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, lo: int, hi: int,
+                   rows: int) -> torch.Tensor:
+    """Rows ``[lo, hi)`` of a 3-wide convolution (padding 1) of a tensor of ``rows`` rows, from its rows
+    ``[max(0, lo - 1), min(rows, hi + 1))`` in ``x``.
+
+    Where a slab touches an end, the convolution's own zero padding stands in for the
+    missing row (no padded copy of ``x``), and the extra row it yields at the other side
+    is dropped.
+    """
     convolve = F.conv3d if x.ndim == 5 else F.conv2d
-    return convolve(x, weight, bias, padding=(0,) + (1,) * (x.ndim - 3))
+    at_end = lo == 0 or hi == rows
+    out = convolve(x, weight, bias, padding=(int(at_end),) + (1,) * (x.ndim - 3))
+    if not at_end:
+        return out
+    first = lo - max(0, lo - 1)
+    return out[:, :, first:first + hi - lo]
 
 
 RowSource = Callable[[int, int], torch.Tensor]
@@ -244,7 +256,7 @@ def _rows_of(layers: Sequence[nn.Module], source: RowSource, rows: int, lo: int,
         out, tail = source(lo, hi), layers
     else:
         inner = _rows_of(layers[:last], source, rows, max(0, lo - 1), min(rows, hi + 1))
-        out = _convolve_rows(_zero_extended(inner, lo == 0, hi == rows), layers[last].weight, layers[last].bias)
+        out = _convolve_rows(inner, layers[last].weight, layers[last].bias, lo, hi, rows)
         tail = layers[last + 1:]
     for layer in tail:
         out = layer(out)
@@ -341,19 +353,21 @@ class UNet(nn.Module):
 
         Returns the pooled tensor and the ``window`` of the block's output that the
         decoder reads (``None`` where N2V2 drops it); the block's whole output never
-        exists. Max-blur-pooling reads one row past each side of a slab, which is computed
-        twice; max pooling reads none.
+        exists (unless it is a single slab). Max-blur-pooling reads one row past each side
+        of a slab, which is computed twice; max pooling reads none.
         """
         layers, pool, factor = list(self.encoders[level]), self.pools[level], self.spec.pooling[level][0]
         reach = 1 if self.spec.n2v2 and factor > 1 else 0
         rows, step = x.shape[2], max(factor, _slab_rows(x.shape[3:], slab_voxels) // factor * factor)
         (skip_lo, skip_hi), *across = window
+        slabs = [(lo, min(lo + step, rows)) for lo in range(0, rows, step)]
         pooled = skip = None
-        for lo in range(0, rows, step):
-            hi = min(lo + step, rows)
+        for lo, hi in slabs:
             read_lo, read_hi = max(0, lo - reach), min(rows, hi + reach)
             features = _rows_of(layers, lambda a, b: x[:, :, a:b], rows, read_lo, read_hi)
             part = pool(features, (lo == 0, hi == rows)) if reach else pool(features)
+            if len(slabs) == 1:
+                return part, None if self._drops_skip(level) else _crop(features, window, (0,) * len(window))
             if pooled is None:
                 pooled = _empty_like_rows(part, rows // factor)
                 if not self._drops_skip(level):
@@ -403,18 +417,20 @@ class UNet(nn.Module):
             up = up[(..., *(slice(o, o + b - a) for o, (a, b) in zip(offset[1:], window_across)))]
             if skip is None:
                 return up
-            near = _zero_extended(skip[:, :, max(0, lo - 1):min(rows, hi + 1)], lo == 0, hi == rows)
-            return _convolve_rows(near, conv.weight[:, up_width:], None).add_(up)
+            near = skip[:, :, max(0, lo - 1):min(rows, hi + 1)]
+            return _convolve_rows(near, conv.weight[:, up_width:], None, lo, hi, rows).add_(up)
 
         (keep_lo, keep_hi), *keep_across = [(lo - w, hi - w) for (lo, hi), (w, _) in zip(needed, window)]
-        out = None
         step = _slab_rows([b - a for a, b in window_across], slab_voxels)
-        for lo in range(keep_lo, keep_hi, step):
-            hi = min(lo + step, keep_hi)
+        slabs = [(lo, min(lo + step, keep_hi)) for lo in range(keep_lo, keep_hi, step)]
+        out = None
+        for lo, hi in slabs:
             part = _rows_of(list(block)[1:], first_conv_rows, rows, lo, hi)
             part = part[(..., *(slice(a, b) for a, b in keep_across))]
             if level == 0:
                 part = self.head(part)
+            if len(slabs) == 1:
+                return part
             if out is None:
                 out = _empty_like_rows(part, keep_hi - keep_lo)
             out[:, :, lo - keep_lo:hi - keep_lo] = part
