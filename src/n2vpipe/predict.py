@@ -8,6 +8,11 @@ it does for the whole volume. It predicts, crops, and writes only its own chunks
 so the tiled result equals the whole-volume result, ``model(volume)``, and no two
 tasks share a chunk.
 A marker per finished block lets a killed run resume with the missing blocks.
+On a CPU, dask threads read and write blocks while one thread runs the network,
+one block at a time with all of torch's threads; keeping the network's
+allocations in one thread keeps the memory it frees reusable (glibc keeps a heap
+per thread), and the network itself streams each block in slabs
+(:meth:`~n2vpipe.unet.UNet.forward_cropped`).
 
 One acquisition's blocks can be split into parts run as separate jobs (on
 separate nodes): each part writes disjoint blocks of one shared partial output,
@@ -28,6 +33,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -136,27 +142,27 @@ def run_network(model: UNet, data: np.ndarray, grid: tuple[int, ...], device: to
 
 
 def denoise_with_halo(data: np.ndarray, margins: Window, model: UNet, normalisation: Normalisation, block: Block,
-                      grid: tuple[int, ...], device: torch.device,
-                      compute_lock: contextlib.AbstractContextManager | None = None,
+                      grid: tuple[int, ...], device: torch.device, network_thread: Executor | None = None,
                       bfloat16: bool = False) -> np.ndarray:
     """Denoise ``block`` from its data read with halo (``margins`` around it; intensities in the input's
     scale, float32).
 
-    ``compute_lock``, when given, is held only around the forward pass, so other
-    blocks' reads and writes overlap with it; ``bfloat16`` as in :func:`run_network`.
+    ``network_thread``, when given, runs the forward pass (one at a time), so other
+    blocks' reads and writes overlap with it and the network's memory is allocated and
+    reused in one thread; ``bfloat16`` as in :func:`run_network`.
     """
     normalised = normalisation.apply(data, block.c)
-    with compute_lock or contextlib.nullcontext():
-        out = run_network(model, normalised, grid, device, margins, bfloat16)
+    arguments = (model, normalised, grid, device, margins, bfloat16)
+    out = network_thread.submit(run_network, *arguments).result() if network_thread else run_network(*arguments)
     return normalisation.invert(out, block.c)
 
 
 def predict_block(array: zarr.Array, meta: ImageMeta, model: UNet, normalisation: Normalisation, block: Block,
                   halo: tuple[int, ...], grid: tuple[int, ...], device: torch.device,
-                  compute_lock: contextlib.AbstractContextManager | None = None) -> np.ndarray:
+                  network_thread: Executor | None = None) -> np.ndarray:
     """Read ``block`` with its halo from ``array`` and denoise it (see :func:`denoise_with_halo`)."""
     data, margins = read_with_halo(array, meta, block, halo)
-    return denoise_with_halo(data, margins, model, normalisation, block, grid, device, compute_lock)
+    return denoise_with_halo(data, margins, model, normalisation, block, grid, device, network_thread)
 
 
 def fuse_batch_norm(module: torch.nn.Module) -> torch.nn.Module:
@@ -373,7 +379,8 @@ def predict_part(raw_zarr: Path, model_dir: Path, dst: Path, block_shape: Mappin
     log.info("predict %s part %d/%d: %d of %d blocks of %s (halo %s, grid %s), %d already done; output %s; "
              "network in %s on %s", raw_zarr, part + 1, parts, len(mine), len(blocks), block, halo, grid,
              len(mine) - len(pending), encoding.dtype, "bfloat16" if bfloat16 else "float32", torch_device)
-    compute_lock = threading.Lock() if torch_device.type == "cpu" else None
+    on_cpu_here = torch_device.type == "cpu" and not scheduler_address
+    network_thread = ThreadPoolExecutor(1, "n2vpipe-network") if on_cpu_here else None
     stats = PredictionStats()
     progress = BlockProgress(len(pending), sum(b.voxels for b in pending))
 
@@ -382,7 +389,7 @@ def predict_part(raw_zarr: Path, model_dir: Path, dst: Path, block_shape: Mappin
         data, margins = read_with_halo(array, meta, item, halo)
         read_done = time.perf_counter()
         result = denoise_with_halo(data, margins, model, description.normalisation, item, grid, torch_device,
-                                   compute_lock, bfloat16)
+                                   network_thread, bfloat16)
         computed = time.perf_counter()
         target[meta.key(item.t, item.c, item.start, item.stop)] = encoding.encode(result, item.c)
         (done_dir / item.name).touch()
@@ -395,6 +402,8 @@ def predict_part(raw_zarr: Path, model_dir: Path, dst: Path, block_shape: Mappin
             dask.compute(*tasks)
     finally:
         progress.close()
+        if network_thread:
+            network_thread.shutdown()
     stats.wall_s = time.monotonic() - started
     log.info("predict part %d/%d: %s", part + 1, parts, stats.summary())
     return stats

@@ -101,6 +101,10 @@ def rule_resources(rule_name):
     return {**RESOURCE_DEFAULTS[rule_name], **config["resources"].get(rule_name, {})}
 
 
+# n2vpipe.unet.SLAB_VOXELS, not imported here: that would load torch on every parse of the workflow.
+INFERENCE_SLAB_VOXELS = 2**20
+
+
 def _voxels(size):
     return size["z"] * size["y"] * size["x"]
 
@@ -117,10 +121,12 @@ def estimated_mem_mb(rule_name, acq, threads):
         pool = cfg["train"]["pool_tiles"] * 8 * _voxels(cfg["train"]["patch"])
         return 2000 + math.ceil((patch * filters * 4 * 24 + pool * 4) / MIB)
     if rule_name == "predict":
-        # one forward pass at a time (a lock) on block + halo (~3.5x the block at depth 2),
-        # ~14 bytes per input voxel and filter (measured, cropped decoder); I/O buffers per thread
+        # one forward pass at a time (a lock), in slabs of INFERENCE_SLAB_VOXELS (a few alive), keeping
+        # the skip windows the decoder reads (~2x the block); float32 at the network's width; I/O
+        # buffers per thread
         block = _voxels(cfg["predict"]["block"])
-        return 500 + math.ceil((3.5 * block * filters * 14 + threads * block * 4 * 4) / MIB)
+        features = (2 * block + 4 * INFERENCE_SLAB_VOXELS) * filters * 4
+        return 900 + math.ceil((features + threads * block * 4 * 4) / MIB)
     return 0
 
 
