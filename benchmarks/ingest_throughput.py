@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import tifffile
 
-from common import PRINT_PEAK_RSS_KIB, parse_shape, save_results
+from common import PRINT_PEAK_RSS_KIB, cpu_model, parse_shape, save_results
 
 CHUNKS = {"z": 32, "y": 256, "x": 256}
 
@@ -88,7 +88,7 @@ def main() -> None:
                          "throughput_ratio": round(plain_s / ours_s, 3),
                          "work_throughput_ratio": round(plain_work_s / ours_work_s, 3)})
             print(rows[-1], flush=True)
-    machine = f"{platform.processor() or platform.machine()}, {args.threads} threads, {platform.system()}"
+    machine = f"{cpu_model()}, {args.threads} threads, {platform.system()}"
     write_results(rows, machine)
 
 
