@@ -216,7 +216,7 @@ def _is_conv(layer: nn.Module) -> bool:
 
 
 def _zero_extended(x: torch.Tensor, before: bool, after: bool) -> torch.Tensor:
-    """``x`` with a row of zeros before and/or after its first spatial axis (a convolution's padding)."""
+    """``x`` with a row of zeros before and/or after its first spatial axis (the blur's padding in a slab)."""
     if not (before or after):
         return x
     return F.pad(x, (0, 0) * (x.ndim - 3) + (int(before), int(after)))

@@ -121,9 +121,9 @@ def estimated_mem_mb(rule_name, acq, threads):
         pool = cfg["train"]["pool_tiles"] * 8 * _voxels(cfg["train"]["patch"])
         return 2000 + math.ceil((patch * filters * 4 * 24 + pool * 4) / MIB)
     if rule_name == "predict":
-        # one forward pass at a time (a lock), in slabs of INFERENCE_SLAB_VOXELS (a few alive), keeping
-        # the skip windows the decoder reads (~2x the block); float32 at the network's width; I/O
-        # buffers per thread
+        # one forward pass at a time (one network thread), in slabs of INFERENCE_SLAB_VOXELS (a few
+        # alive), keeping the skip windows the decoder reads (~2x the block); float32 at the network's
+        # width; I/O buffers per thread
         block = _voxels(cfg["predict"]["block"])
         features = (2 * block + 4 * INFERENCE_SLAB_VOXELS) * filters * 4
         return 900 + math.ceil((features + threads * block * 4 * 4) / MIB)
