@@ -1,4 +1,5 @@
-"""Inference split into parts run as concurrent processes, and rescaled integer output."""
+"""Inference split into parts run as concurrent processes, on a dask.distributed cluster, and rescaled integer
+output."""
 
 from __future__ import annotations
 
@@ -11,10 +12,18 @@ import pytest
 import tifffile
 import torch
 import zarr
+from distributed import LocalCluster
 
 from n2vpipe.ingest import ingest_tiff
 from n2vpipe.io import open_ome_zarr, partial_path
-from n2vpipe.predict import OutputEncoding, finalize_prediction, fuse_batch_norm, part_of, predict_volume
+from n2vpipe.predict import (
+    OutputEncoding,
+    finalize_prediction,
+    fuse_batch_norm,
+    inference_model,
+    part_of,
+    predict_volume,
+)
 from n2vpipe.train import TrainConfig, train_n2v
 from n2vpipe.unet import UNet, UNetSpec
 from synthetic import poisson_gaussian, smooth_blobs
@@ -59,6 +68,23 @@ def test_concurrent_parts_give_the_single_job_result(trained: tuple[Path, Path],
     finalize_prediction(split)
     assert np.array_equal(open_ome_zarr(split)[0][:], open_ome_zarr(reference)[0][:])
     assert not partial_path(split).exists()
+
+
+def test_distributed_workers_give_the_threaded_result(trained: tuple[Path, Path], tmp_path: Path) -> None:
+    """With a scheduler address, blocks run in separate worker processes, which load the model themselves."""
+    raw, model = trained
+    reference = tmp_path / "reference.ome.zarr"
+    predict_volume(raw, model, reference, BLOCK)
+    dst = tmp_path / "denoised.ome.zarr"
+    with LocalCluster(n_workers=2, threads_per_worker=2, processes=True, dashboard_address=None) as cluster:
+        stats = predict_volume(raw, model, dst, BLOCK, scheduler_address=cluster.scheduler_address)
+        with cluster.get_client() as client:
+            models_loaded = client.run(lambda: inference_model.cache_info().currsize)
+    assert stats.blocks == 24 and stats.voxels == 16 * 48 * 64
+    assert sum(models_loaded.values()) >= 1, "no worker process ran a block"
+    expected = open_ome_zarr(reference)[0][:]
+    np.testing.assert_allclose(open_ome_zarr(dst)[0][:], expected, rtol=0, atol=1e-5 * np.ptp(expected))
+    assert not partial_path(dst).exists()
 
 
 def test_finalize_refuses_while_a_part_is_missing(trained: tuple[Path, Path], tmp_path: Path) -> None:

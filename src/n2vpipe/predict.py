@@ -12,7 +12,9 @@ On a CPU, dask threads read and write blocks while one thread runs the network,
 one block at a time with all of torch's threads; keeping the network's
 allocations in one thread keeps the memory it frees reusable (glibc keeps a heap
 per thread), and the network itself streams each block in slabs
-(:meth:`~n2vpipe.unet.UNet.forward_cropped`).
+(:meth:`~n2vpipe.unet.UNet.forward_cropped`). With a ``dask.distributed``
+scheduler address, the blocks run on its workers instead: each task is a
+picklable :class:`BlockJob`, and each worker process loads the model once.
 
 One acquisition's blocks can be split into parts run as separate jobs (on
 separate nodes): each part writes disjoint blocks of one shared partial output,
@@ -24,23 +26,25 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import functools
 import hashlib
 import itertools
 import logging
 import math
 import os
 import sys
-import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 import dask
 import numpy as np
 import torch
 import zarr
+from dask.callbacks import Callback
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 from tqdm import tqdm
 
@@ -55,7 +59,7 @@ from n2vpipe.io import (
     sample_voxels,
     write_pyramid,
 )
-from n2vpipe.model_io import WEIGHTS_FILE, Normalisation, load_model
+from n2vpipe.model_io import WEIGHTS_FILE, ModelDescription, Normalisation, load_model
 from n2vpipe.train import computes_in_bfloat16, select_device
 from n2vpipe.unet import UNet, UNetSpec, Window, memory_format, receptive_reach, total_downsampling
 
@@ -229,9 +233,18 @@ class OutputEncoding:
                 "scale": [(h - lo) / top for lo, h in zip(self.low, self.high)]}
 
 
+class BlockTimes(NamedTuple):
+    """What one finished block reports: its output voxels and the seconds spent reading, computing, writing."""
+
+    voxels: int
+    read_s: float
+    compute_s: float
+    write_s: float
+
+
 @dataclass
 class PredictionStats:
-    """What one inference job did, and where its time went (read, compute, write summed over threads)."""
+    """What one inference job did, and where its time went (read, compute, write summed over blocks)."""
 
     blocks: int = 0
     voxels: int = 0
@@ -239,23 +252,21 @@ class PredictionStats:
     compute_s: float = 0.0
     write_s: float = 0.0
     wall_s: float = 0.0
-    lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
 
-    def add(self, voxels: int, read_s: float, compute_s: float, write_s: float) -> None:
+    def add(self, times: BlockTimes) -> None:
         """Account for one finished block."""
-        with self.lock:
-            self.blocks += 1
-            self.voxels += voxels
-            self.read_s += read_s
-            self.compute_s += compute_s
-            self.write_s += write_s
+        self.blocks += 1
+        self.voxels += times.voxels
+        self.read_s += times.read_s
+        self.compute_s += times.compute_s
+        self.write_s += times.write_s
 
     def summary(self) -> str:
         """One log line."""
         rate = self.voxels / self.wall_s / 1e6 if self.wall_s else 0.0
         return (f"{self.blocks} blocks, {self.voxels / 1e6:.1f} M voxels in {self.wall_s:.1f} s "
                 f"({rate:.2f} M voxels/s); read {self.read_s:.1f} s, compute {self.compute_s:.1f} s, "
-                f"write {self.write_s:.1f} s (summed over threads)")
+                f"write {self.write_s:.1f} s (summed over blocks)")
 
 
 class BlockProgress:
@@ -265,26 +276,77 @@ class BlockProgress:
         self.bar = tqdm(total=total_voxels, unit="vox", unit_scale=True, desc="predict", disable=None,
                         file=sys.stderr, mininterval=1)
         self.total_blocks, self.log_every, self.done = total_blocks, log_every, 0
-        self.lock = threading.Lock()
 
     def update(self, voxels: int) -> None:
         """One more block finished."""
-        with self.lock:
-            self.done += 1
-            self.bar.update(voxels)
-            if self.bar.disable and (self.done % self.log_every == 0 or self.done == self.total_blocks):
-                log.info("predict: %d/%d blocks", self.done, self.total_blocks)
+        self.done += 1
+        self.bar.update(voxels)
+        if self.bar.disable and (self.done % self.log_every == 0 or self.done == self.total_blocks):
+            log.info("predict: %d/%d blocks", self.done, self.total_blocks)
 
     def close(self) -> None:
         """Finish the bar."""
         self.bar.close()
 
 
-def _fingerprint(model_dir: Path, block_shape: tuple[int, ...], encoding_settings: tuple[object, ...]) -> str:
+def _weights_digest(model_dir: Path) -> str:
+    """SHA-256 of the model's weights file."""
+    return hashlib.sha256((Path(model_dir) / WEIGHTS_FILE).read_bytes()).hexdigest()
+
+
+def _fingerprint(weights_digest: str, block_shape: tuple[int, ...], encoding_settings: tuple[object, ...]) -> str:
     """Identifies the weights, tiling and output type a partial output was started with."""
-    digest = hashlib.sha256((Path(model_dir) / WEIGHTS_FILE).read_bytes())
-    digest.update(repr((block_shape, encoding_settings)).encode())
-    return digest.hexdigest()
+    return hashlib.sha256(repr((weights_digest, block_shape, encoding_settings)).encode()).hexdigest()
+
+
+@functools.lru_cache(maxsize=1)
+def inference_model(model_dir: Path, weights_digest: str, device: torch.device) -> tuple[UNet, ModelDescription]:
+    """The model in ``model_dir`` ready for inference on ``device`` (BatchNorm folded into the convolutions,
+    channels-last), loaded once per process; ``weights_digest`` tells retrained weights apart."""
+    model, description = load_model(model_dir, device)
+    model = fuse_batch_norm(model).to(memory_format=memory_format(description.spec.ndim))
+    return model, description
+
+
+@dataclass
+class BlockJob:
+    """Reads one block with its halo, denoises it, writes its chunks of the partial output and marks it done.
+
+    Picklable, so ``dask.distributed`` workers can run it: they open the arrays
+    and load the model themselves. ``network_thread`` (see :func:`denoise_with_halo`)
+    stays in the process that made it.
+    """
+
+    raw_zarr: Path
+    model_dir: Path
+    weights_digest: str
+    partial: Path
+    halo: tuple[int, ...]
+    device: str
+    precision: str
+    encoding: OutputEncoding
+    network_thread: Executor | None = field(default=None, compare=False)
+
+    def __getstate__(self) -> dict[str, object]:
+        """Everything but the network thread."""
+        return {**self.__dict__, "network_thread": None}
+
+    def __call__(self, item: Block) -> BlockTimes:
+        """Do ``item``; return its voxels and timings."""
+        tick = time.perf_counter()
+        array, meta = open_ome_zarr(self.raw_zarr)
+        data, margins = read_with_halo(array, meta, item, self.halo)
+        read_done = time.perf_counter()
+        device = select_device(self.device)
+        model, description = inference_model(self.model_dir, self.weights_digest, device)
+        result = denoise_with_halo(data, margins, model, description.normalisation, item,
+                                   total_downsampling(description.spec), device, self.network_thread,
+                                   computes_in_bfloat16(self.precision, device))
+        computed = time.perf_counter()
+        target = zarr.open_array(str(self.partial / "0"), mode="r+")
+        target[meta.key(item.t, item.c, item.start, item.stop)] = self.encoding.encode(result, item.c)
+        (self.partial / DONE_DIR / item.name).touch()
+        return BlockTimes(item.voxels, read_done - tick, computed - read_done, time.perf_counter() - computed)
 
 
 @contextlib.contextmanager
@@ -300,8 +362,9 @@ def _exclusive(lock_file: Path) -> Iterator[None]:
 
 def _open_or_create_output(partial: Path, meta: ImageMeta, chunks: tuple[int, ...], compressor: str, level: int,
                            fingerprint: str, name: str, blocks_total: int,
-                           make_encoding: Callable[[], OutputEncoding]) -> tuple[zarr.Array, OutputEncoding]:
-    """Reuse a partial output started with the same model, tiling and output type; otherwise start afresh."""
+                           make_encoding: Callable[[], OutputEncoding]) -> OutputEncoding:
+    """Reuse a partial output started with the same model, tiling and output type; otherwise start afresh.
+    Returns its output encoding."""
     if partial.exists():
         try:
             group = zarr.open_group(str(partial), mode="r+")
@@ -309,7 +372,7 @@ def _open_or_create_output(partial: Path, meta: ImageMeta, chunks: tuple[int, ..
             if attrs.get("fingerprint") == fingerprint:
                 log.info("resuming partial output %s", partial)
                 encoding = attrs["encoding"]
-                return group["0"], OutputEncoding(encoding["dtype"], tuple(encoding["low"]), tuple(encoding["high"]))
+                return OutputEncoding(encoding["dtype"], tuple(encoding["low"]), tuple(encoding["high"]))
         except (zarr.errors.GroupNotFoundError, KeyError, FileNotFoundError):
             pass
         log.info("discarding partial output %s from another model, tiling or output type", partial)
@@ -319,19 +382,34 @@ def _open_or_create_output(partial: Path, meta: ImageMeta, chunks: tuple[int, ..
     full_chunks = tuple(1 if a in "tc" else chunks[meta.spatial_axes.index(a)] for a in meta.axes)
     attrs = {"fingerprint": fingerprint, "blocks_total": blocks_total, "intensity": encoding.attrs(),
              "encoding": {"dtype": encoding.dtype, "low": list(encoding.low), "high": list(encoding.high)}}
-    array = create_ome_zarr(partial, out_meta, full_chunks, blosc_compressor(compressor, level), name,
-                            extra_attrs=attrs)
+    create_ome_zarr(partial, out_meta, full_chunks, blosc_compressor(compressor, level), name, extra_attrs=attrs)
     (partial / DONE_DIR).mkdir()
-    return array, encoding
+    return encoding
 
 
-def _scheduler_settings(threads: int, scheduler_address: str | None) -> Mapping[str, object]:
-    """Dask settings: the threaded scheduler with ``threads`` workers, or a distributed one."""
+def run_block_jobs(job: BlockJob, blocks: Sequence[Block], on_done: Callable[[BlockTimes], None], threads: int,
+                   scheduler_address: str | None = None) -> None:
+    """Run ``job`` on every block as dask tasks, calling ``on_done`` in this thread as each one finishes.
+
+    The threaded scheduler with ``threads`` workers, or the ``dask.distributed``
+    scheduler at ``scheduler_address``. The first failing block's error is raised.
+    """
+    tasks = [dask.delayed(job, pure=False)(item, dask_key_name=f"block-{item.name}") for item in blocks]
     if scheduler_address:
-        from dask.distributed import Client
+        from distributed import Client, as_completed
 
-        return {"scheduler": Client(scheduler_address)}
-    return {"scheduler": "threads", "num_workers": threads}
+        with Client(scheduler_address, timeout="60s") as client:
+            for future in as_completed(client.compute(tasks)):
+                on_done(future.result())
+        return
+    block_keys = {f"block-{item.name}" for item in blocks}
+
+    def finished(key: object, result: object, *_: object) -> None:
+        if key in block_keys:
+            on_done(result)
+
+    with Callback(posttask=finished):
+        dask.compute(*tasks, scheduler="threads", num_workers=threads)
 
 
 def part_of(blocks: Sequence[Block], part: int, parts: int) -> list[Block]:
@@ -356,8 +434,8 @@ def predict_part(raw_zarr: Path, model_dir: Path, dst: Path, block_shape: Mappin
     """
     started = time.monotonic()
     torch_device = select_device(device)
-    model, description = load_model(model_dir, torch_device)
-    model = fuse_batch_norm(model).to(memory_format=memory_format(description.spec.ndim))
+    weights_digest = _weights_digest(model_dir)
+    _, description = inference_model(Path(model_dir), weights_digest, torch_device)
     array, meta = open_ome_zarr(raw_zarr)
     if meta.spatial_axes != description.spatial_axes:
         raise ValueError(f"{raw_zarr}: axes {meta.spatial_axes} do not match the model's {description.spatial_axes}")
@@ -367,39 +445,31 @@ def predict_part(raw_zarr: Path, model_dir: Path, dst: Path, block_shape: Mappin
     blocks = plan_blocks(meta, block, block, grid)
     torch.set_num_threads(max(1, threads))
     partial = partial_path(dst)
-    fingerprint = _fingerprint(model_dir, block, (output_dtype, output_range, precision))
-    bfloat16 = computes_in_bfloat16(precision, torch_device)
+    fingerprint = _fingerprint(weights_digest, block, (output_dtype, output_range, precision))
     with _exclusive(partial.with_name(partial.name + ".lock")):
-        target, encoding = _open_or_create_output(
+        encoding = _open_or_create_output(
             partial, meta, block, compressor, compression_level, fingerprint, Path(dst).parent.name, len(blocks),
             lambda: OutputEncoding.choose(output_dtype, output_range, array, meta))
-    done_dir = partial / DONE_DIR
     mine = part_of(blocks, part, parts)
-    pending = [b for b in mine if not (done_dir / b.name).exists()]
+    pending = [b for b in mine if not (partial / DONE_DIR / b.name).exists()]
+    bfloat16 = computes_in_bfloat16(precision, torch_device)
+    where = f"the dask.distributed scheduler {scheduler_address}" if scheduler_address else str(torch_device)
     log.info("predict %s part %d/%d: %d of %d blocks of %s (halo %s, grid %s), %d already done; output %s; "
              "network in %s on %s", raw_zarr, part + 1, parts, len(mine), len(blocks), block, halo, grid,
-             len(mine) - len(pending), encoding.dtype, "bfloat16" if bfloat16 else "float32", torch_device)
+             len(mine) - len(pending), encoding.dtype, "bfloat16" if bfloat16 else "float32", where)
     on_cpu_here = torch_device.type == "cpu" and not scheduler_address
     network_thread = ThreadPoolExecutor(1, "n2vpipe-network") if on_cpu_here else None
+    job = BlockJob(Path(raw_zarr), Path(model_dir), weights_digest, partial, halo, device, precision, encoding,
+                   network_thread)
     stats = PredictionStats()
     progress = BlockProgress(len(pending), sum(b.voxels for b in pending))
 
-    def process(item: Block) -> None:
-        tick = time.perf_counter()
-        data, margins = read_with_halo(array, meta, item, halo)
-        read_done = time.perf_counter()
-        result = denoise_with_halo(data, margins, model, description.normalisation, item, grid, torch_device,
-                                   network_thread, bfloat16)
-        computed = time.perf_counter()
-        target[meta.key(item.t, item.c, item.start, item.stop)] = encoding.encode(result, item.c)
-        (done_dir / item.name).touch()
-        stats.add(item.voxels, read_done - tick, computed - read_done, time.perf_counter() - computed)
-        progress.update(item.voxels)
+    def finished(times: BlockTimes) -> None:
+        stats.add(times)
+        progress.update(times.voxels)
 
-    tasks = [dask.delayed(process)(item, dask_key_name=f"block-{item.name}") for item in pending]
     try:
-        with dask.config.set(_scheduler_settings(threads, scheduler_address)):
-            dask.compute(*tasks)
+        run_block_jobs(job, pending, finished, threads, scheduler_address)
     finally:
         progress.close()
         if network_thread:
