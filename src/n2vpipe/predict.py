@@ -328,13 +328,21 @@ class BlockJob:
     network_thread: Executor | None = field(default=None, compare=False)
 
     def __getstate__(self) -> dict[str, object]:
-        """Everything but the network thread."""
-        return {**self.__dict__, "network_thread": None}
+        """Everything but the network thread and the opened arrays (a worker opens its own)."""
+        state = {**self.__dict__, "network_thread": None}
+        state.pop("arrays", None)
+        return state
+
+    @functools.cached_property
+    def arrays(self) -> tuple[zarr.Array, ImageMeta, zarr.Array]:
+        """The input array, its metadata and the partial output's level 0, opened once per process."""
+        array, meta = open_ome_zarr(self.raw_zarr)
+        return array, meta, zarr.open_array(str(self.partial / "0"), mode="r+")
 
     def __call__(self, item: Block) -> BlockTimes:
         """Do ``item``; return its voxels and timings."""
         tick = time.perf_counter()
-        array, meta = open_ome_zarr(self.raw_zarr)
+        array, meta, target = self.arrays
         data, margins = read_with_halo(array, meta, item, self.halo)
         read_done = time.perf_counter()
         device = select_device(self.device)
@@ -343,7 +351,6 @@ class BlockJob:
                                    total_downsampling(description.spec), device, self.network_thread,
                                    computes_in_bfloat16(self.precision, device))
         computed = time.perf_counter()
-        target = zarr.open_array(str(self.partial / "0"), mode="r+")
         target[meta.key(item.t, item.c, item.start, item.stop)] = self.encoding.encode(result, item.c)
         (self.partial / DONE_DIR / item.name).touch()
         return BlockTimes(item.voxels, read_done - tick, computed - read_done, time.perf_counter() - computed)
@@ -402,13 +409,7 @@ def run_block_jobs(job: BlockJob, blocks: Sequence[Block], on_done: Callable[[Bl
             for future in as_completed(client.compute(tasks)):
                 on_done(future.result())
         return
-    block_keys = {f"block-{item.name}" for item in blocks}
-
-    def finished(key: object, result: object, *_: object) -> None:
-        if key in block_keys:
-            on_done(result)
-
-    with Callback(posttask=finished):
+    with Callback(posttask=lambda _key, result, *_: on_done(result)):  # the graph holds the block tasks only
         dask.compute(*tasks, scheduler="threads", num_workers=threads)
 
 
