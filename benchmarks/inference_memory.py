@@ -107,8 +107,9 @@ def write_results(rows: list[dict], machine: str) -> None:
               f"{r['voxels_per_s']} | {r['peak_rss_MiB']} | {r['load_before_after'][0]:.1f}/"
               f"{r['load_before_after'][1]:.1f} |" for r in rows]
     lines += [""]
-    for filters, arithmetic in sorted({(r["filters"], r["arithmetic"]) for r in rows}):
-        same = [r for r in rows if (r["filters"], r["arithmetic"]) == (filters, arithmetic)]
+    groups = {key: [r for r in rows if (r["filters"], r["arithmetic"]) == key]
+              for key in sorted({(r["filters"], r["arithmetic"]) for r in rows})}
+    for (filters, arithmetic), same in groups.items():
         if len(same) > 1:
             growth = same[-1]["peak_rss_MiB"] / same[0]["peak_rss_MiB"] - 1
             lines.append(f"- {filters} filters, {arithmetic}: {same[-1]['voxels'] / same[0]['voxels']:.0f}x the "
@@ -120,8 +121,7 @@ def write_results(rows: list[dict], machine: str) -> None:
               f"{r['n2vpipe_log'].split(': ', 1)[-1]}" for r in rows]
     png = save_results("inference_memory", machine, rows, lines)
     fig, ax = plt.subplots(figsize=(5, 4))
-    for filters, arithmetic in sorted({(r["filters"], r["arithmetic"]) for r in rows}):
-        same = [r for r in rows if (r["filters"], r["arithmetic"]) == (filters, arithmetic)]
+    for (filters, arithmetic), same in groups.items():
         ax.plot([r["voxels"] for r in same], [r["peak_rss_MiB"] for r in same], "o-",
                 label=f"{filters} filters, {arithmetic}")
     ax.axhline(2048, color="grey", linestyle="--", label="2 GiB")
