@@ -171,7 +171,7 @@ def test_early_stopping_saves_the_weights_of_the_best_validation(raw_zarr: Path,
 
 def test_best_weights_survive_a_resume_from_the_checkpoint(raw_zarr: Path, tmp_path: Path) -> None:
     """Interrupted after the last step's checkpoint, the resumed run saves the best weights that checkpoint holds."""
-    config = TrainConfig(steps=6, **{**TINY, "learning_rate": 4e-3, "validate_every": 1, "checkpoint_every": 6})
+    config = TrainConfig(steps=6, **{**TINY, "learning_rate": 3e-2, "validate_every": 1, "checkpoint_every": 6})
     with pytest.raises(KeyboardInterrupt):
         _train_and_interrupt_after_checkpoint(raw_zarr, tmp_path / "model", config)
     checkpoint = torch.load(partial_path(tmp_path / "model") / CHECKPOINT_FILE, weights_only=True)
