@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import dask.array as da
 import numpy as np
 import pytest
 import tifffile
@@ -12,7 +13,7 @@ from ome_zarr.reader import Reader
 
 from ome_zarr.writer import write_image
 
-from n2vpipe.ingest import chunk_shape, ingest_tiff, source_band
+from n2vpipe.ingest import RowBandReader, chunk_shape, ingest_tiff
 from n2vpipe.io import (
     ContiguousTiffArray,
     InputError,
@@ -135,16 +136,34 @@ def test_uncompressed_files_are_read_by_byte_range_in_either_byte_order(tmp_path
         assert np.array_equal(open_ome_zarr(tmp_path / f"{src.stem}.ome.zarr")[0][:], data.transpose(1, 0, 2, 3))
 
 
-def test_read_bands_are_full_width_rows_rounded_to_the_strip_height(tmp_path: Path) -> None:
+class CountingArray:
+    """A numpy array that records the regions read from it."""
+
+    def __init__(self, data: np.ndarray) -> None:
+        self.data, self.shape, self.dtype, self.reads = data, data.shape, data.dtype, []
+
+    def __getitem__(self, key: tuple[slice, ...]) -> np.ndarray:
+        self.reads.append(key)
+        return self.data[key]
+
+
+def test_chunks_are_read_through_one_band_of_full_width_rows_rounded_to_the_strip_height(tmp_path: Path) -> None:
     data = np.random.default_rng(4).integers(0, 4000, size=(12, 100, 60), dtype=np.uint16)
     tifffile.imwrite(tmp_path / "strips.tif", data, compression="zlib", rowsperstrip=24)
     with open_tiff_lazy(tmp_path / "strips.tif") as (source, meta, permutation):
-        chunks = chunk_shape(meta, CHUNKS)
-        assert source_band(source.shape, source.chunks, meta, chunks, permutation) == (8, 48, 60)
-    tifffile.imwrite(tmp_path / "plain.tif", data)
-    with open_tiff_lazy(tmp_path / "plain.tif") as (source, meta, permutation):
-        assert source_band(source.shape, source.chunks, meta, chunks, permutation) == (8, 32, 60)
-    ingest_tiff(tmp_path / "strips.tif", tmp_path / "strips.ome.zarr", CHUNKS)
+        assert source.chunks[-2] == 24
+    counting = CountingArray(data)
+    reader = RowBandReader(counting, strip_rows=24)
+    assert reader.band_key((slice(0, 8), slice(32, 64), slice(16, 32))) == (slice(0, 8), slice(24, 72), slice(0, 60))
+    assert reader.band_key((slice(8, 12), slice(96, 100), slice(48, 60))) == (slice(8, 12), slice(96, 100),
+                                                                             slice(0, 60))
+    chunks = chunk_shape(meta, CHUNKS)
+    copied = da.from_array(reader, chunks=chunks, meta=data[:0, :0, :0]).compute(scheduler="threads", num_workers=2)
+    assert np.array_equal(copied, data)
+    band_starts = [(z, y) for z in (0, 8) for y in (0, 24, 48, 96)]
+    assert sorted((read[0].start, read[1].start) for read in counting.reads) == band_starts
+    assert all(read[-1] == slice(0, 60) for read in counting.reads)
+    ingest_tiff(tmp_path / "strips.tif", tmp_path / "strips.ome.zarr", CHUNKS, threads=2)
     assert np.array_equal(open_ome_zarr(tmp_path / "strips.ome.zarr")[0][:], data)
 
 

@@ -266,6 +266,19 @@ def open_tiff_lazy(path: Path) -> Iterator[tuple[zarr.Array | ContiguousTiffArra
         store.close()
 
 
+def configure_zarr(threads: int) -> None:
+    """Zarr settings for a job on ``threads`` cores; call it before the job's first zarr I/O.
+
+    Zarr encodes and decodes chunks in its own thread pool, by default of the
+    node's cores + 4 whatever the job was given, and each of those threads keeps
+    its own malloc heap: the pool gets ``threads`` threads (from the first zarr
+    I/O on, the pool is fixed for the process). Chunks are written without first
+    checking whether they hold only the fill value: a full pass over each chunk
+    that microscopy data almost never passes.
+    """
+    zarr.config.set({"threading.max_workers": max(1, threads), "array.write_empty_chunks": True})
+
+
 def blosc_compressor(name: str, level: int) -> numcodecs.Blosc:
     """Blosc codec with the given inner compressor, bit-shuffled (good for microscopy)."""
     return numcodecs.Blosc(cname=name, clevel=level, shuffle=numcodecs.Blosc.BITSHUFFLE)

@@ -51,6 +51,7 @@ from tqdm import tqdm
 from n2vpipe.io import (
     ImageMeta,
     blosc_compressor,
+    configure_zarr,
     create_ome_zarr,
     open_ome_zarr,
     partial_path,
@@ -434,6 +435,7 @@ def predict_part(raw_zarr: Path, model_dir: Path, dst: Path, block_shape: Mappin
     ``float32``, ``bfloat16`` or ``auto`` (:func:`~n2vpipe.train.computes_in_bfloat16`).
     """
     started = time.monotonic()
+    configure_zarr(threads)
     torch_device = select_device(device)
     weights_digest = _weights_digest(model_dir)
     _, description = inference_model(Path(model_dir), weights_digest, torch_device)

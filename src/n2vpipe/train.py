@@ -29,7 +29,7 @@ import torch
 import zarr
 from tqdm import tqdm
 
-from n2vpipe.io import ImageMeta, atomic_output, open_ome_zarr, sample_voxels
+from n2vpipe.io import ImageMeta, atomic_output, configure_zarr, open_ome_zarr, sample_voxels
 from n2vpipe.masking import mask_batch, struct_offsets
 from n2vpipe.model_io import ModelDescription, Normalisation, save_model
 from n2vpipe.qc import plot_training_log
@@ -391,6 +391,7 @@ def train_n2v(zarr_path: Path, model_dir: Path, config: TrainConfig, threads: in
     the last ones; the history records ``best_step``, ``best_val_loss`` and
     ``stopped_by`` (``steps``, ``max_minutes`` or ``early_stopping``).
     """
+    configure_zarr(threads)
     torch.set_num_threads(max(1, threads))
     torch.manual_seed(config.seed)
     rng = np.random.default_rng(config.seed)
