@@ -63,7 +63,7 @@ class RowBandReader:
         band_key = self.band_key(key)
         with self._lock:
             if band_key != self._band_key:
-                self._band = None
+                self._band, self._band_key = None, None
                 self._band = np.asarray(self.source[band_key])
                 self._band_key = band_key
             band = self._band
