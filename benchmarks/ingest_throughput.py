@@ -7,11 +7,13 @@ after the imports to the last chunk written), which is the throughput that matte
 files. Writes results/ingest.json, .md and .png.
 
     python benchmarks/ingest_throughput.py [--sizes 64x512x512 128x1024x1024 ...] [--threads 2] [--repeats 3]
+                                           [--name ingest]
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 import platform
 import shutil
 import statistics
@@ -81,6 +83,7 @@ def main() -> None:
     parser.add_argument("--sizes", nargs="+", default=["64x512x512", "128x1024x1024", "256x2048x2048"])
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=3, help="fresh runs per method and size; medians reported")
+    parser.add_argument("--name", default="ingest", help="results/<name>.json, .md, .png")
     args = parser.parse_args()
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -103,10 +106,15 @@ def main() -> None:
                          "work_throughput_ratio": round(plain_work_s / ours_work_s, 3)})
             print(rows[-1], flush=True)
     machine = f"{cpu_model()}, {args.threads} threads, {platform.system()}"
-    write_results(rows, machine)
+    write_results(rows, machine, args.name)
 
 
-def write_results(rows: list[dict], machine: str) -> None:
+def chunk_count(shape: list[int]) -> int:
+    """Number of zarr chunks (CHUNKS) in a stack of ``shape``."""
+    return math.prod(-(-size // chunk) for size, chunk in zip(shape, CHUNKS.values()))
+
+
+def write_results(rows: list[dict], machine: str, name: str = "ingest") -> None:
     """JSON, a markdown table and a plot under benchmarks/results/."""
     import matplotlib
 
@@ -125,11 +133,11 @@ def write_results(rows: list[dict], machine: str) -> None:
     lines += ["", f"n2vpipe peak RSS from one size to the next: {', '.join(growth)} (target: flat, within 25 %).",
               "", "n2vpipe reads through a cache of one band of full-width rows, one chunk (32 x 256 x 256) deep and "
               "tall: its working memory grows with the plane width, not with the number of planes or rows. The "
-              "smallest stack is 8 chunks in all.",
+              f"smallest stack is {chunk_count(rows[0]['shape'])} chunks in all.",
               "", "Medians of fresh runs; every run's peak RSS (MiB), n2vpipe / plain: "
               + "; ".join(f"{'x'.join(map(str, r['shape']))}: {r['n2vpipe_peak_rss_runs_MiB']} / "
                           f"{r['plain_peak_rss_runs_MiB']}" for r in rows) + "."]
-    png = save_results("ingest", machine, rows, lines)
+    png = save_results(name, machine, rows, lines)
     sizes = [r["input_MB"] for r in rows]
     fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
     left.plot(sizes, [r["input_MB"] / r["plain_work_s"] for r in rows], "o-", label="plain tifffile + zarr")
