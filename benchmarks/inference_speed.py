@@ -1,8 +1,8 @@
 """Inference speed on CPU: n2vpipe's predict_volume against CAREamics tiled prediction, side by side.
 
-n2vpipe runs with its default precision (``auto``: bfloat16 autocast on CPUs with AMX, float32
-elsewhere) and, where that is bfloat16, once more in float32, CAREamics' arithmetic; each n2vpipe
-row's ceiling comes from the conv3d rate measured in its own arithmetic.
+n2vpipe runs with its default precision (``auto``: bfloat16 autocast on CPUs that multiply
+bfloat16 in hardware, float32 elsewhere) and, where that is bfloat16, once more in float32,
+CAREamics' arithmetic; each n2vpipe row's ceiling comes from the conv3d rate measured in its own arithmetic.
 
 Both run untrained (randomly initialised) 3D U-Nets configured as depth 2 with 32 initial filters
 on the same synthetic noisy uint16 volume, normalised with the same mean and standard deviation,
@@ -25,6 +25,7 @@ output voxels; and n2vpipe's read/compute/write split. Writes results/inference_
 
     python benchmarks/inference_speed.py [--shape 64x512x512] [--block 32x256x256] [--repeats 2]
         [--threads 2] [--careamics-python /tmp/careamics-venv/bin/python] [--quick]
+        [--name inference_speed]
 """
 
 from __future__ import annotations
@@ -241,6 +242,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--careamics-batch-size", type=int, default=1)
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--name", default="inference_speed", help="results/<name>.json, .md, .png")
     parser.add_argument("--careamics-python", default=DEFAULT_CAREAMICS_PYTHON)
     parser.add_argument("--quick", action="store_true", help="smoke test: tiny volume, block and tiles, one repeat")
     args = parser.parse_args()
@@ -329,7 +331,7 @@ def main() -> None:
                  uptime_after=command_output("uptime"))
     for row in rows:
         print(row)
-    write_results(rows, facts)
+    write_results(args.name, rows, facts)
 
 
 def describe(facts: dict[str, Any]) -> str:
@@ -374,14 +376,14 @@ def markdown(rows: list[dict[str, Any]], facts: dict[str, Any]) -> list[str]:
     return lines
 
 
-def write_results(rows: list[dict[str, Any]], facts: dict[str, Any]) -> None:
-    """JSON, a markdown page and a plot under benchmarks/results/."""
+def write_results(name: str, rows: list[dict[str, Any]], facts: dict[str, Any]) -> None:
+    """JSON, a markdown page and a plot: benchmarks/results/<name>.*."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    png = save_results("inference_speed", describe(facts), rows, markdown(rows, facts))
+    png = save_results(name, describe(facts), rows, markdown(rows, facts))
     *ours, _ = rows
     fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
     names = [f"{r['method']}\n({r['arithmetic']})" for r in rows]

@@ -8,7 +8,7 @@ and the largest difference between the two predictions of one model. Writes
 results/precision_quality.json, .md and .png.
 
     python benchmarks/precision_quality.py [--minutes 2] [--shape 32x128x128] [--threads 2]
-        [--n2vpipe-set KEY=VALUE ...]
+        [--n2vpipe-set KEY=VALUE ...] [--name precision_quality]
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from quality_poisson_gaussian import DEFAULT_PHOTONS, N2VPIPE_DEFAULTS, make_vol
 
 from n2vpipe.io import ImageMeta, blosc_compressor, create_ome_zarr, open_ome_zarr
 from n2vpipe.predict import predict_volume
-from n2vpipe.train import TrainConfig, cpu_has_amx_bf16, train_n2v
+from n2vpipe.train import TrainConfig, cpu_multiplies_bfloat16, train_n2v
 
 PRECISIONS = ("float32", "bfloat16")
 
@@ -39,6 +39,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--photons", type=float, default=DEFAULT_PHOTONS)
     parser.add_argument("--minutes", type=float, default=2.0, help="training budget per arithmetic")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--name", default="precision_quality", help="results/<name>.json, .md, .png")
     parser.add_argument("--n2vpipe-set", type=parse_setting, action="append", default=[], metavar="KEY=VALUE",
                         help="override one TrainConfig setting (value as JSON when it parses)")
     args = parser.parse_args()
@@ -120,8 +121,9 @@ def main() -> None:
     truth, noisy = make_volume(args.shape, args.photons, seed=0)
     input_psnr = psnr(noisy, truth)
     rows = measure(args, truth, noisy)
-    machine = f"{cpu_model()}, {os.cpu_count()} cores, {'with' if cpu_has_amx_bf16() else 'without'} AMX"
-    png = save_results("precision_quality", machine, rows, markdown(rows, machine, args, input_psnr))
+    hardware = "with" if cpu_multiplies_bfloat16() else "without"
+    machine = f"{cpu_model()}, {os.cpu_count()} cores, {hardware} bfloat16 hardware (AMX or AVX-512 BF16)"
+    png = save_results(args.name, machine, rows, markdown(rows, machine, args, input_psnr))
     plot(rows, input_psnr, png)
 
 

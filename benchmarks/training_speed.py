@@ -6,7 +6,7 @@ each run in a fresh process, runs interleaved over rounds. CAREamics runs in its
 interpreter (--careamics-python; CAREamist API with its defaults otherwise: Adam, N2V
 masking of 0.2% of the pixels within an 11-wide ROI, flips and 90-degree rotations, its
 default number of DataLoader worker processes) and is never imported here. n2vpipe runs twice:
-with its default precision (``auto``: bfloat16 autocast on CPUs with AMX, float32 elsewhere) and
+with its default precision (``auto``: bfloat16 autocast on CPUs that multiply bfloat16 in hardware, float32 elsewhere) and
 as ``n2vpipe-float32``, CAREamics' arithmetic. A fourth contender, n2vpipe in float32 run by
 CAREamics' interpreter (``n2vpipe@careamics-torch``), tells the torch version apart from the
 code when the two environments carry different torch releases.
@@ -26,6 +26,7 @@ the heaviest torch operators. Writes results/training_speed.json, .md and .png.
 
     python benchmarks/training_speed.py [--rounds 3] [--steps 8] [--warmup 3] [--threads 2]
         [--careamics-python /tmp/careamics-venv/bin/python] [--profile] [--quick]
+        [--name training_speed]
 """
 
 from __future__ import annotations
@@ -179,8 +180,8 @@ def steady_rate(stamps: list[list[float]], warmup: int) -> tuple[float, int]:
 def contenders(careamics_python: str) -> dict[str, tuple[str, str, dict[str, str], dict[str, str]]]:
     """Name -> (interpreter, worker code, environment, extra job settings) for every contender.
 
-    ``n2vpipe`` runs with its default precision (``auto``: bfloat16 on AMX CPUs), ``n2vpipe-float32``
-    with CAREamics' arithmetic."""
+    ``n2vpipe`` runs with its default precision (``auto``: bfloat16 on CPUs with AMX or AVX-512
+    BF16), ``n2vpipe-float32`` with CAREamics' arithmetic."""
     ours = {**os.environ, "PYTHONPATH": os.pathsep.join([str(SRC), os.environ.get("PYTHONPATH", "")])}
     theirs = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     return {
@@ -201,6 +202,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--steps", type=int, default=8, help="timed steps per run, after the warm-up")
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--name", default="training_speed", help="results/<name>.json, .md, .png")
     parser.add_argument("--careamics-python", default=DEFAULT_CAREAMICS_PYTHON)
     parser.add_argument("--profile", action="store_true", help="also profile n2vpipe's step")
     parser.add_argument("--quick", action="store_true", help="smoke test: tiny volume and patches, one round")
@@ -242,7 +244,7 @@ def main() -> None:
     facts = {"cpu": cpu_model(), "cores": os.cpu_count(), "threads": args.threads, "volume": args.shape,
              "patch": args.patch, "batch": args.batch, "steps": args.steps, "warmup": args.warmup,
              "rounds": args.rounds, "quick": args.quick}
-    write_results(runs, summarise(runs), facts, profile)
+    write_results(args.name, runs, summarise(runs), facts, profile)
 
 
 def summarise(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -303,16 +305,16 @@ def markdown(summary: list[dict[str, Any]], runs: list[dict[str, Any]], facts: d
     return lines
 
 
-def write_results(runs: list[dict[str, Any]], summary: list[dict[str, Any]], facts: dict[str, Any],
+def write_results(name: str, runs: list[dict[str, Any]], summary: list[dict[str, Any]], facts: dict[str, Any],
                   profile: dict[str, Any] | None) -> None:
-    """JSON, a markdown page and a plot under benchmarks/results/."""
+    """JSON, a markdown page and a plot: benchmarks/results/<name>.*."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     rows = [{"summary": summary, "runs": runs, "profile": profile, "setting": facts}]
-    png = save_results("training_speed", describe(facts), rows, markdown(summary, runs, facts, profile))
+    png = save_results(name, describe(facts), rows, markdown(summary, runs, facts, profile))
     fig, ax = plt.subplots(figsize=(8, 4))
     names = [f"{r['method']}\n({r['arithmetic']})" for r in summary]
     ax.bar(names, [r["median_steps_per_s"] for r in summary], color=["tab:orange", "tab:blue", "tab:green", "tab:cyan"][:len(names)],

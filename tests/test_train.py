@@ -21,7 +21,7 @@ from n2vpipe.train import (
     augment,
     budget_progress,
     computes_in_bfloat16,
-    cpu_has_amx_bf16,
+    cpu_multiplies_bfloat16,
     learning_rate_at,
     split_regions,
     validation_patch,
@@ -170,8 +170,11 @@ def test_early_stopping_saves_the_weights_of_the_best_validation(raw_zarr: Path,
 
 
 def test_best_weights_survive_a_resume_from_the_checkpoint(raw_zarr: Path, tmp_path: Path) -> None:
-    """Interrupted after the last step's checkpoint, the resumed run saves the best weights that checkpoint holds."""
-    config = TrainConfig(steps=6, **{**TINY, "learning_rate": 3e-2, "validate_every": 1, "checkpoint_every": 6})
+    """Interrupted after the last step's checkpoint, the resumed run saves the best weights that checkpoint holds.
+
+    float32, so the losses (and where the best one falls) are the same whatever the CPU multiplies in."""
+    config = TrainConfig(steps=6, **{**TINY, "learning_rate": 3e-2, "validate_every": 1, "checkpoint_every": 6,
+                                     "precision": "float32"})
     with pytest.raises(KeyboardInterrupt):
         _train_and_interrupt_after_checkpoint(raw_zarr, tmp_path / "model", config)
     checkpoint = torch.load(partial_path(tmp_path / "model") / CHECKPOINT_FILE, weights_only=True)
@@ -235,11 +238,24 @@ def test_wall_time_budget_ends_training_annealed(raw_zarr: Path, tmp_path: Path)
     assert (tmp_path / "model" / "weights.pt").exists()
 
 
-def test_precision_auto_is_bfloat16_on_gpus_and_amx_cpus_only() -> None:
+def test_precision_auto_is_bfloat16_on_gpus_and_bfloat16_cpus_only() -> None:
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
     assert computes_in_bfloat16("auto", cuda) and not computes_in_bfloat16("float32", cuda)
     assert computes_in_bfloat16("bfloat16", cpu) and not computes_in_bfloat16("float32", cpu)
-    assert computes_in_bfloat16("auto", cpu) == cpu_has_amx_bf16()
+    assert computes_in_bfloat16("auto", cpu) == cpu_multiplies_bfloat16()
+
+
+@pytest.mark.parametrize(("flags", "multiplies"), [
+    ("fpu sse2 avx2 avx512f avx512bw amx_bf16 amx_tile amx_int8", True),  # Intel Sapphire Rapids
+    ("fpu sse2 avx2 avx512f avx512bw avx512_bf16 avx512_vnni", True),  # AMD Zen 4, Intel Cooper Lake
+    ("fpu sse2 avx2 avx512f avx512bw avx512_vnni avx512_fp16", False),  # Ice Lake: no bfloat16 dot product
+    ("fpu sse2 avx2 fma", False),
+])
+def test_bfloat16_cpus_are_told_by_their_flags(tmp_path: Path, flags: str, multiplies: bool) -> None:
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text(f"processor\t: 0\nmodel name\t: some CPU\nflags\t\t: {flags}\n\n")
+    assert cpu_multiplies_bfloat16(cpuinfo) is multiplies
+    assert cpu_multiplies_bfloat16(tmp_path / "missing") is False
 
 
 def test_bfloat16_training_takes_other_steps_than_float32_and_says_so(raw_zarr: Path, tmp_path: Path) -> None:

@@ -107,21 +107,28 @@ def select_device(requested: str) -> torch.device:
     return torch.device("cpu")
 
 
+BFLOAT16_CPU_FLAGS = frozenset({"amx_bf16", "avx512_bf16"})
+
+
 @functools.cache
-def cpu_has_amx_bf16() -> bool:
-    """Whether this CPU multiplies bfloat16 matrices in hardware (Intel AMX), from /proc/cpuinfo's flags."""
+def cpu_multiplies_bfloat16(cpuinfo_path: Path = Path("/proc/cpuinfo")) -> bool:
+    """Whether this CPU multiplies bfloat16 in hardware, from the flags in ``cpuinfo_path``.
+
+    Intel AMX (Sapphire Rapids and later) or AVX-512 BF16 (Intel Cooper Lake and later, AMD Zen 4
+    and later)."""
     try:
-        with open("/proc/cpuinfo") as cpuinfo:
-            return any(line.startswith("flags") and "amx_bf16" in line.split() for line in cpuinfo)
+        with open(cpuinfo_path) as cpuinfo:
+            return any(line.startswith("flags") and not BFLOAT16_CPU_FLAGS.isdisjoint(line.split())
+                       for line in cpuinfo)
     except OSError:
         return False
 
 
 def computes_in_bfloat16(precision: str, device: torch.device) -> bool:
-    """Whether the network runs under bfloat16 autocast: when asked, or for ``auto`` on CUDA and on AMX CPUs."""
+    """Whether the network runs under bfloat16 autocast: when asked, or for ``auto`` on CUDA and on bfloat16 CPUs."""
     if precision != "auto":
         return precision == "bfloat16"
-    return device.type == "cuda" or cpu_has_amx_bf16()
+    return device.type == "cuda" or cpu_multiplies_bfloat16()
 
 
 def effective_patch(meta: ImageMeta, config: TrainConfig, grid: tuple[int, ...]) -> tuple[int, ...]:
