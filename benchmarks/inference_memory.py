@@ -8,7 +8,7 @@ wall time, voxels/s and peak RSS (the worker's VmHWM). Writes results/inference_
     python benchmarks/inference_memory.py [--runs 192x576x576:8 384x1152x1152:8 192x576x576:32:float32 ...]
 
 Each run is ``SHAPE:FILTERS[:PRECISION]`` (precision ``auto`` unless given: bfloat16 on CPUs with
-AMX or AVX-512 BF16, float32 elsewhere). Block: the default of config/schema.yaml (predict.block). A
+AMX, float32 elsewhere). Block: the default of config/schema.yaml (predict.block). A
 block's input is the block plus the halo on the sides where the volume goes on, so memory is
 set by a block inside the volume: the default runs use volumes of at least three blocks per
 axis, so both sizes of a pair hold such blocks. The 8× pair uses 8 filters to run in minutes

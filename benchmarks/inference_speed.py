@@ -1,8 +1,8 @@
 """Inference speed on CPU: n2vpipe's predict_volume against CAREamics tiled prediction, side by side.
 
-n2vpipe runs with its default precision (``auto``: bfloat16 autocast on CPUs that multiply
-bfloat16 in hardware, float32 elsewhere) and, where that is bfloat16, once more in float32,
-CAREamics' arithmetic; each n2vpipe row's ceiling comes from the conv3d rate measured in its own arithmetic.
+n2vpipe runs with its default precision (``auto``: bfloat16 autocast on CPUs with AMX, float32
+elsewhere) and, where that is bfloat16, once more in float32, CAREamics' arithmetic; each n2vpipe
+row's ceiling comes from the conv3d rate measured in its own arithmetic.
 
 Both run untrained (randomly initialised) 3D U-Nets configured as depth 2 with 32 initial filters
 on the same synthetic noisy uint16 volume, normalised with the same mean and standard deviation,

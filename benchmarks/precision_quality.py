@@ -27,7 +27,7 @@ from quality_poisson_gaussian import DEFAULT_PHOTONS, N2VPIPE_DEFAULTS, make_vol
 
 from n2vpipe.io import ImageMeta, blosc_compressor, create_ome_zarr, open_ome_zarr
 from n2vpipe.predict import predict_volume
-from n2vpipe.train import TrainConfig, cpu_multiplies_bfloat16, train_n2v
+from n2vpipe.train import TrainConfig, cpu_has_amx_bf16, train_n2v
 
 PRECISIONS = ("float32", "bfloat16")
 
@@ -121,8 +121,7 @@ def main() -> None:
     truth, noisy = make_volume(args.shape, args.photons, seed=0)
     input_psnr = psnr(noisy, truth)
     rows = measure(args, truth, noisy)
-    hardware = "with" if cpu_multiplies_bfloat16() else "without"
-    machine = f"{cpu_model()}, {os.cpu_count()} cores, {hardware} bfloat16 hardware (AMX or AVX-512 BF16)"
+    machine = f"{cpu_model()}, {os.cpu_count()} cores, {'with' if cpu_has_amx_bf16() else 'without'} AMX"
     png = save_results(args.name, machine, rows, markdown(rows, machine, args, input_psnr))
     plot(rows, input_psnr, png)
 

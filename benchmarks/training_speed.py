@@ -6,7 +6,7 @@ each run in a fresh process, runs interleaved over rounds. CAREamics runs in its
 interpreter (--careamics-python; CAREamist API with its defaults otherwise: Adam, N2V
 masking of 0.2% of the pixels within an 11-wide ROI, flips and 90-degree rotations, its
 default number of DataLoader worker processes) and is never imported here. n2vpipe runs twice:
-with its default precision (``auto``: bfloat16 autocast on CPUs that multiply bfloat16 in hardware, float32 elsewhere) and
+with its default precision (``auto``: bfloat16 autocast on CPUs with AMX, float32 elsewhere) and
 as ``n2vpipe-float32``, CAREamics' arithmetic. A fourth contender, n2vpipe in float32 run by
 CAREamics' interpreter (``n2vpipe@careamics-torch``), tells the torch version apart from the
 code when the two environments carry different torch releases.
@@ -180,8 +180,8 @@ def steady_rate(stamps: list[list[float]], warmup: int) -> tuple[float, int]:
 def contenders(careamics_python: str) -> dict[str, tuple[str, str, dict[str, str], dict[str, str]]]:
     """Name -> (interpreter, worker code, environment, extra job settings) for every contender.
 
-    ``n2vpipe`` runs with its default precision (``auto``: bfloat16 on CPUs with AMX or AVX-512
-    BF16), ``n2vpipe-float32`` with CAREamics' arithmetic."""
+    ``n2vpipe`` runs with its default precision (``auto``: bfloat16 on AMX CPUs), ``n2vpipe-float32``
+    with CAREamics' arithmetic."""
     ours = {**os.environ, "PYTHONPATH": os.pathsep.join([str(SRC), os.environ.get("PYTHONPATH", "")])}
     theirs = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     return {

@@ -21,7 +21,7 @@ from n2vpipe.train import (
     augment,
     budget_progress,
     computes_in_bfloat16,
-    cpu_multiplies_bfloat16,
+    cpu_has_amx_bf16,
     learning_rate_at,
     split_regions,
     validation_patch,
@@ -238,24 +238,32 @@ def test_wall_time_budget_ends_training_annealed(raw_zarr: Path, tmp_path: Path)
     assert (tmp_path / "model" / "weights.pt").exists()
 
 
-def test_precision_auto_is_bfloat16_on_gpus_and_bfloat16_cpus_only() -> None:
+def test_precision_auto_is_bfloat16_on_gpus_and_amx_cpus_only() -> None:
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
     assert computes_in_bfloat16("auto", cuda) and not computes_in_bfloat16("float32", cuda)
     assert computes_in_bfloat16("bfloat16", cpu) and not computes_in_bfloat16("float32", cpu)
-    assert computes_in_bfloat16("auto", cpu) == cpu_multiplies_bfloat16()
+    assert computes_in_bfloat16("auto", cpu) == cpu_has_amx_bf16()
 
 
-@pytest.mark.parametrize(("flags", "multiplies"), [
-    ("fpu sse2 avx2 avx512f avx512bw amx_bf16 amx_tile amx_int8", True),  # Intel Sapphire Rapids
-    ("fpu sse2 avx2 avx512f avx512bw avx512_bf16 avx512_vnni", True),  # AMD Zen 4, Intel Cooper Lake
-    ("fpu sse2 avx2 avx512f avx512bw avx512_vnni avx512_fp16", False),  # Ice Lake: no bfloat16 dot product
+@pytest.mark.parametrize(("flags", "amx"), [
+    ("fpu sse2 avx2 avx512f avx512bw avx512_bf16 amx_bf16 amx_tile amx_int8", True),  # Intel Sapphire Rapids
+    ("fpu sse2 avx2 avx512f avx512bw avx512_bf16 avx512_vnni", False),  # AMD Zen 4: not reproducible in bfloat16
     ("fpu sse2 avx2 fma", False),
 ])
-def test_bfloat16_cpus_are_told_by_their_flags(tmp_path: Path, flags: str, multiplies: bool) -> None:
+def test_amx_cpus_are_told_by_their_flags(tmp_path: Path, flags: str, amx: bool) -> None:
     cpuinfo = tmp_path / "cpuinfo"
     cpuinfo.write_text(f"processor\t: 0\nmodel name\t: some CPU\nflags\t\t: {flags}\n\n")
-    assert cpu_multiplies_bfloat16(cpuinfo) is multiplies
-    assert cpu_multiplies_bfloat16(tmp_path / "missing") is False
+    assert cpu_has_amx_bf16(cpuinfo) is amx
+    assert cpu_has_amx_bf16(tmp_path / "missing") is False
+
+
+def test_a_diverging_loss_stops_training_with_the_file_named(raw_zarr: Path, tmp_path: Path) -> None:
+    """A non-finite loss fails the job instead of saving a model that denoises to NaN; the checkpoint stays."""
+    config = TrainConfig(steps=8, **{**TINY, "learning_rate": 1e30, "precision": "float32", "checkpoint_every": 1})
+    with pytest.raises(FloatingPointError, match=rf"{raw_zarr}: training loss became (nan|inf) by step"):
+        train_n2v(raw_zarr, tmp_path / "model", config)
+    assert not (tmp_path / "model").exists()
+    assert (partial_path(tmp_path / "model") / CHECKPOINT_FILE).exists()
 
 
 def test_bfloat16_training_takes_other_steps_than_float32_and_says_so(raw_zarr: Path, tmp_path: Path) -> None:
