@@ -112,8 +112,8 @@ def cpu_has_amx_bf16(cpuinfo_path: Path = Path("/proc/cpuinfo")) -> bool:
     """Whether this CPU multiplies bfloat16 matrices with Intel AMX, from the flags in ``cpuinfo_path``.
 
     AVX-512 BF16 alone (AMD Zen 4, Intel Cooper Lake) does not count: on an AMD EPYC, bfloat16
-    training there was 1.7x faster but not reproducible (identical runs differed, one in six went
-    NaN), so ``auto`` keeps float32 on such CPUs."""
+    training there was 1.7x faster but not reproducible (conv3d weight gradients on 2x8x8 inputs
+    came out as garbage, different on each call), so ``auto`` keeps float32 on such CPUs."""
     try:
         with open(cpuinfo_path) as cpuinfo:
             return any(line.startswith("flags") and "amx_bf16" in line.split() for line in cpuinfo)
