@@ -257,13 +257,20 @@ def test_amx_cpus_are_told_by_their_flags(tmp_path: Path, flags: str, amx: bool)
     assert cpu_has_amx_bf16(tmp_path / "missing") is False
 
 
-def test_a_diverging_loss_stops_training_with_the_file_named(raw_zarr: Path, tmp_path: Path) -> None:
-    """A non-finite loss fails the job instead of saving a model that denoises to NaN; the checkpoint stays."""
-    config = TrainConfig(steps=8, **{**TINY, "learning_rate": 1e30, "precision": "float32", "checkpoint_every": 1})
-    with pytest.raises(FloatingPointError, match=rf"{raw_zarr}: training loss became (nan|inf) by step"):
+@pytest.mark.parametrize(("validate_every", "checkpoint_every", "message"), [
+    (1, 1, "training loss became nan by step 2"),
+    (4, 1, "weights became non-finite by step 2"),  # diverged between validations, caught before its checkpoint
+])
+def test_a_diverging_run_stops_with_the_file_named_and_a_finite_checkpoint(
+        raw_zarr: Path, tmp_path: Path, validate_every: int, checkpoint_every: int, message: str) -> None:
+    """A diverging run fails the job instead of saving a model that denoises to NaN; the checkpoint kept is finite."""
+    config = TrainConfig(steps=8, **{**TINY, "learning_rate": 1e30, "precision": "float32",
+                                     "validate_every": validate_every, "checkpoint_every": checkpoint_every})
+    with pytest.raises(FloatingPointError, match=rf"{raw_zarr}: {message} "):
         train_n2v(raw_zarr, tmp_path / "model", config)
     assert not (tmp_path / "model").exists()
-    assert (partial_path(tmp_path / "model") / CHECKPOINT_FILE).exists()
+    kept = torch.load(partial_path(tmp_path / "model") / CHECKPOINT_FILE, weights_only=True)
+    assert all(torch.isfinite(weights).all() for weights in kept["model"].values()), "the kept checkpoint must be usable"
 
 
 def test_bfloat16_training_takes_other_steps_than_float32_and_says_so(raw_zarr: Path, tmp_path: Path) -> None:

@@ -456,6 +456,14 @@ def _truncate_log(log_path: Path, last_step: int) -> None:
         csv.writer(handle).writerows(kept)
 
 
+def _diverged(what: str, step: int, bfloat16: bool, learning_rate: float) -> FloatingPointError:
+    """The error that stops a diverged run; the last checkpoint, saved before it, stays for the rerun."""
+    return FloatingPointError(
+        f"{what} by step {step} ({'bfloat16' if bfloat16 else 'float32'}, learning rate {learning_rate:.3g}); "
+        "the last checkpoint is kept and a rerun resumes from it; if it recurs, lower train.learning_rate "
+        "or set train.precision: float32")
+
+
 def _run_steps(model: UNet, optimizer: torch.optim.Optimizer, pool: PatchPool, val_batch: Any, config: TrainConfig,
                rng: np.random.Generator, device: torch.device, folder: Path, first_step: int, elapsed_before: float,
                best: BestValidation) -> dict[str, Any]:
@@ -499,11 +507,7 @@ def _run_steps(model: UNet, optimizer: torch.optim.Optimizer, pool: PatchPool, v
                 val_loss = _validation_loss(model, val_batch, config.loss)
                 train_loss = float(running) / running_count
                 if not math.isfinite(train_loss):
-                    raise FloatingPointError(
-                        f"training loss became {train_loss} by step {step} "
-                        f"({'bfloat16' if bfloat16 else 'float32'}, learning rate {learning_rate:.3g}); the last "
-                        "checkpoint is kept and a rerun resumes from it; if it recurs, lower train.learning_rate "
-                        "or set train.precision: float32")
+                    raise _diverged(f"training loss became {train_loss}", step, bfloat16, learning_rate)
                 writer.writerow((step, train_loss, val_loss, learning_rate,
                                  round(elapsed, 2)))
                 handle.flush()
@@ -519,6 +523,8 @@ def _run_steps(model: UNet, optimizer: torch.optim.Optimizer, pool: PatchPool, v
                     log.info("early stopping at step %d: no improvement in %d validations", step, best.stale)
                     break
             if step % config.checkpoint_every == 0:
+                if not all(bool(torch.isfinite(weights).all()) for weights in model.parameters()):
+                    raise _diverged("weights became non-finite", step, bfloat16, learning_rate)
                 _save_checkpoint(folder / CHECKPOINT_FILE, step, model, optimizer, rng, elapsed, config, best)
             if out_of_time:
                 stop_reason = "max_minutes"
