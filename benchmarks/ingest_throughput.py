@@ -131,9 +131,11 @@ def write_results(rows: list[dict], machine: str, name: str = "ingest") -> None:
                      f"{r['n2vpipe_peak_rss_MiB']} | {r['throughput_ratio']:.2f} | {r['work_throughput_ratio']:.2f} |")
     growth = [f"{b['n2vpipe_peak_rss_MiB'] / a['n2vpipe_peak_rss_MiB'] - 1:+.0%}" for a, b in zip(rows, rows[1:])]
     lines += ["", f"n2vpipe peak RSS from one size to the next: {', '.join(growth)} (target: flat, within 25 %).",
-              "", "n2vpipe reads through a cache of one band of full-width rows, one chunk (32 x 256 x 256) deep and "
-              "tall: its working memory grows with the plane width, not with the number of planes or rows. The "
-              f"smallest stack is {chunk_count(rows[0]['shape'])} chunks in all.",
+              "", "These stacks are uncompressed and contiguous: n2vpipe reads each chunk (32 x 256 x 256) by byte "
+              "range, its full-width rows into one buffer, and keeps nothing between chunks; the neighbouring chunks "
+              "re-read those rows from the page cache. (Strip-compressed files go through a cache of one band of "
+              "full-width rows instead, which grows with the plane width.) The smallest stack is "
+              f"{chunk_count(rows[0]['shape'])} chunks in all.",
               "", "Medians of fresh runs; every run's peak RSS (MiB), n2vpipe / plain: "
               + "; ".join(f"{'x'.join(map(str, r['shape']))}: {r['n2vpipe_peak_rss_runs_MiB']} / "
                           f"{r['plain_peak_rss_runs_MiB']}" for r in rows) + "."]

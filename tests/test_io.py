@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import re
 from pathlib import Path
 
 import dask.array as da
@@ -134,6 +136,16 @@ def test_uncompressed_files_are_read_by_byte_range_in_either_byte_order(tmp_path
             assert band.dtype == np.uint16 and np.array_equal(band, data[1:3, :, 5:21, 3:17])
         ingest_tiff(src, tmp_path / f"{src.stem}.ome.zarr", CHUNKS)
         assert np.array_equal(open_ome_zarr(tmp_path / f"{src.stem}.ome.zarr")[0][:], data.transpose(1, 0, 2, 3))
+
+
+def test_a_truncated_uncompressed_file_fails_naming_the_file_and_leaves_no_output(tmp_path: Path) -> None:
+    data = np.random.default_rng(6).integers(0, 60000, size=(4, 40, 24), dtype=np.uint16)
+    src = tmp_path / "cut.tif"
+    tifffile.imwrite(src, data)
+    os.truncate(src, src.stat().st_size - 1000)
+    with pytest.raises(InputError, match=re.escape(f"{src}: file ends before the image data does")):
+        ingest_tiff(src, tmp_path / "cut.ome.zarr", CHUNKS)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cut.tif"]
 
 
 class CountingArray:

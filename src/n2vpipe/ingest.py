@@ -82,8 +82,9 @@ def ingest_tiff(
 ) -> ImageMeta:
     """Copy the TIFF (or plane folder) ``src`` into a new OME-Zarr at ``dst``.
 
-    Dask reads the source chunk by chunk through a :class:`RowBandReader` (one
-    band of full-width rows in memory) and writes with ``threads`` workers; dask
+    Dask reads the source chunk by chunk, strip-stored files through a
+    :class:`RowBandReader` (one band of full-width rows in memory), uncompressed
+    contiguous ones by byte range, and writes with ``threads`` workers; dask
     chunks equal zarr chunks, so no two tasks write the same chunk. ``dst``
     appears only once complete.
     """
@@ -91,12 +92,13 @@ def ingest_tiff(
     codec = blosc_compressor(compressor, compression_level)
     with open_tiff_lazy(src) as (source, meta, permutation):
         chunks = chunk_shape(meta, spatial_chunks)
-        reader = RowBandReader(source, strip_rows=source.chunks[-2])
+        reader = source if isinstance(source, ContiguousTiffArray) else RowBandReader(source, source.chunks[-2])
         source_chunks = tuple(chunks[permutation.index(i)] for i in range(len(permutation)))
         empty = np.empty((0,) * source.ndim, dtype=source.dtype)
         lazy = da.from_array(reader, chunks=source_chunks, lock=False, meta=empty).transpose(permutation)
-        log.info("ingest %s: axes %s shape %s dtype %s voxel %s %s, read in bands of full-width rows", src,
-                 meta.axes, meta.shape, meta.dtype, meta.scale, meta.unit)
+        log.info("ingest %s: axes %s shape %s dtype %s voxel %s %s, read %s", src, meta.axes, meta.shape,
+                 meta.dtype, meta.scale, meta.unit,
+                 "by byte range" if reader is source else "in bands of full-width rows")
         with atomic_output(dst) as partial:
             target = create_ome_zarr(partial, meta, chunks, codec, name=Path(dst).parent.name,
                                      extra_attrs={"source": str(src)})

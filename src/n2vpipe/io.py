@@ -174,10 +174,11 @@ def plane_files(folder: Path) -> list[Path]:
 class ContiguousTiffArray:
     """Read-only array over an uncompressed, contiguous TIFF series, read by byte ranges.
 
-    A region costs only its own bytes: one read per plane of the rows it spans.
-    tifffile's zarr store hands out whole strips, and most uncompressed files
-    hold a plane per strip, so there a band of rows would cost whole planes.
-    ``chunks`` says that any run of full-width rows is cheap to read.
+    A region costs one read per plane of the full-width rows it spans, into one
+    buffer of those rows, and nothing is kept between reads: the chunks beside
+    it re-read the same rows from the operating system's page cache, so memory
+    stays a few chunks whatever the plane width. (tifffile's zarr store hands
+    out whole strips, and most uncompressed files hold a plane per strip.)
     """
 
     def __init__(self, path: Path, offset: int, shape: tuple[int, ...], file_dtype: np.dtype) -> None:
@@ -199,15 +200,15 @@ class ContiguousTiffArray:
         plane_size = self.shape[-2] * width
         if out.size == 0:
             return out
-        with open(self.path, "rb") as handle:
+        full_rows = np.empty((len(rows), width), dtype=self.file_dtype)
+        with open(self.path, "rb", buffering=0) as handle:
             for index in itertools.product(*(range(len(r)) for r in ranges[:-2])):
                 page = int(np.ravel_multi_index([r[i] for r, i in zip(ranges, index)], self.shape[:-2])) \
                     if index else 0
                 handle.seek(self.offset + (page * plane_size + rows.start * width) * self.file_dtype.itemsize)
-                band = np.fromfile(handle, dtype=self.file_dtype, count=len(rows) * width)
-                if band.size != len(rows) * width:
+                if handle.readinto(full_rows) != full_rows.nbytes:
                     raise InputError(f"{self.path}: file ends before the image data does (truncated?)")
-                out[index] = band.reshape(len(rows), width)[:, columns.start:columns.stop]
+                out[index] = full_rows[:, columns.start:columns.stop]
         return out
 
 
