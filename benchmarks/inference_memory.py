@@ -32,7 +32,7 @@ import torch
 from common import PRINT_PEAK_RSS_KIB, cpu_model, parse_shape, save_results, schema_default
 
 from n2vpipe.ingest import ingest_tiff
-from n2vpipe.train import TrainConfig, computes_in_bfloat16, train_n2v
+from n2vpipe.train import TrainConfig, arithmetic_name, autocast_dtype, train_n2v
 
 BLOCK = schema_default("predict", "block")
 PREDICT = f"""
@@ -84,7 +84,7 @@ def measure(folder: Path, shape: tuple[int, int, int], filters: int, precision: 
                           check=True, capture_output=True, text=True)
     wall = time.perf_counter() - start
     voxels = int(np.prod(shape))
-    arithmetic = "bfloat16" if computes_in_bfloat16(precision, torch.device("cpu")) else "float32"
+    arithmetic = arithmetic_name(autocast_dtype(precision, torch.device("cpu")))
     return {"shape": list(shape), "filters": filters, "arithmetic": arithmetic, "voxels": voxels,
             "wall_s": round(wall, 1),
             "voxels_per_s": round(voxels / wall), "peak_rss_MiB": round(int(done.stdout.split()[-1]) / 1024),

@@ -50,7 +50,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from n2vpipe.ingest import ingest_tiff
 from n2vpipe.model_io import ModelDescription, Normalisation, save_model
 from n2vpipe.predict import fuse_batch_norm, halo_on_grid
-from n2vpipe.train import computes_in_bfloat16
+from n2vpipe.train import autocast_dtype
 from n2vpipe.unet import (
     UNet,
     UNetSpec,
@@ -75,7 +75,7 @@ torch.nn.modules.module.register_module_forward_pre_hook(_count)
 N2VPIPE = COUNT_INPUT_VOXELS + """
 import json, sys, time
 from n2vpipe.predict import predict_volume
-from n2vpipe.train import computes_in_bfloat16
+from n2vpipe.train import arithmetic_name, autocast_dtype
 from n2vpipe.unet import UNet
 _forward_cropped = UNet.forward_cropped
 def _count_block(self, x, *args, **kwargs):
@@ -88,9 +88,8 @@ start = time.perf_counter()
 stats = predict_volume(args["raw"], args["model"], args["dst"], block, threads=args["threads"], device="cpu",
                        precision=args["precision"])
 wall = time.perf_counter() - start
-bfloat16 = computes_in_bfloat16(args["precision"], torch.device("cpu"))
 print(json.dumps({"wall_s": wall, "blocks": stats.blocks, "voxels": stats.voxels, "read_s": stats.read_s,
-                  "arithmetic": "bfloat16" if bfloat16 else "float32",
+                  "arithmetic": arithmetic_name(autocast_dtype(args["precision"], torch.device("cpu"))),
                   "compute_s": stats.compute_s, "write_s": stats.write_s, "computed_voxels": sum(SEEN),
                   "torch_threads": torch.get_num_threads(),
                   "peak_rss_kib": peak_rss_kib()}))
@@ -266,7 +265,7 @@ def measure_network(block: tuple[int, int, int], tile: tuple[int, int, int],
 
 def n2vpipe_precisions() -> list[str]:
     """n2vpipe's default precision, plus float32 (CAREamics' arithmetic) where the default is bfloat16."""
-    return ["auto", "float32"] if computes_in_bfloat16("auto", torch.device("cpu")) else ["auto"]
+    return ["auto", "float32"] if autocast_dtype("auto", torch.device("cpu")) is not None else ["auto"]
 
 
 def run_interleaved(args: argparse.Namespace) -> tuple[dict[str, list[dict[str, Any]]], list[dict[str, Any]]]:

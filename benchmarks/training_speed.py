@@ -125,7 +125,7 @@ print("RESULT " + json.dumps({
     "stamps": stamps, "parameters": parameter_count(UNet(description.spec)),
     "forward_flops": counter.get_total_flops(), "torch": torch.__version__,
     "version": n2vpipe.__version__, "threads": torch.get_num_threads(), "dataloader_workers": 0,
-    "arithmetic": "bfloat16" if description.training["bfloat16"] else "float32"}))
+    "arithmetic": description.training["arithmetic"]}))
 """
 
 PROFILE = """

@@ -20,7 +20,8 @@ from n2vpipe.train import (
     _masked_tensors,
     augment,
     budget_progress,
-    computes_in_bfloat16,
+    arithmetic_name,
+    autocast_dtype,
     cpu_has_amx_bf16,
     learning_rate_at,
     split_regions,
@@ -238,11 +239,15 @@ def test_wall_time_budget_ends_training_annealed(raw_zarr: Path, tmp_path: Path)
     assert (tmp_path / "model" / "weights.pt").exists()
 
 
-def test_precision_auto_is_bfloat16_on_gpus_and_amx_cpus_only() -> None:
+def test_precision_auto_is_bfloat16_where_the_hardware_has_it_and_float16_on_older_gpus() -> None:
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
-    assert computes_in_bfloat16("auto", cuda) and not computes_in_bfloat16("float32", cuda)
-    assert computes_in_bfloat16("bfloat16", cpu) and not computes_in_bfloat16("float32", cpu)
-    assert computes_in_bfloat16("auto", cpu) == cpu_has_amx_bf16()
+    assert autocast_dtype("auto", cuda, native_bf16=lambda: True) is torch.bfloat16  # Ampere and later
+    assert autocast_dtype("auto", cuda, native_bf16=lambda: False) is torch.float16  # V100, T4
+    assert autocast_dtype("float32", cuda, native_bf16=lambda: True) is None
+    assert autocast_dtype("bfloat16", cpu) is torch.bfloat16 and autocast_dtype("float16", cpu) is torch.float16
+    assert autocast_dtype("float32", cpu) is None
+    assert autocast_dtype("auto", cpu) is (torch.bfloat16 if cpu_has_amx_bf16() else None)
+    assert [arithmetic_name(d) for d in (None, torch.bfloat16, torch.float16)] == ["float32", "bfloat16", "float16"]
 
 
 @pytest.mark.parametrize(("flags", "amx"), [
@@ -277,10 +282,28 @@ def test_bfloat16_training_takes_other_steps_than_float32_and_says_so(raw_zarr: 
     for precision in ("float32", "bfloat16"):
         train_n2v(raw_zarr, tmp_path / precision, TrainConfig(steps=4, precision=precision, **TINY), threads=1)
     description = json.loads((tmp_path / "bfloat16" / "model.json").read_text())
-    assert description["training"]["bfloat16"] is True
+    assert description["training"]["arithmetic"] == "bfloat16"
     log_rows = (tmp_path / "bfloat16" / "training_log.csv").read_text().splitlines()[1:]
     assert all(np.isfinite(float(row.split(",")[1])) for row in log_rows)
     exact = torch.load(tmp_path / "float32" / "weights.pt", weights_only=True)
     fast = torch.load(tmp_path / "bfloat16" / "weights.pt", weights_only=True)
     assert not any(v.dtype == torch.bfloat16 for v in fast.values())
     assert any(not torch.equal(exact[k], fast[k]) for k in exact)
+
+
+def test_float16_training_scales_its_loss_and_resumes_with_the_scaler_state(raw_zarr: Path, tmp_path: Path) -> None:
+    """float16 (for GPUs without bfloat16) runs with a loss scaler whose state is checkpointed and restored."""
+    config = TrainConfig(steps=6, **{**TINY, "precision": "float16"})
+    with pytest.raises(KeyboardInterrupt):
+        _train_and_interrupt_after_checkpoint(raw_zarr, tmp_path / "model", config)
+    kept = torch.load(partial_path(tmp_path / "model") / CHECKPOINT_FILE, weights_only=True)
+    assert kept["grad_scaler"]["scale"] >= 1.0, "the float16 checkpoint must carry the loss scale"
+    train_n2v(raw_zarr, tmp_path / "model", config)
+    description = json.loads((tmp_path / "model" / "model.json").read_text())
+    assert description["training"]["arithmetic"] == "float16" and description["history"]["steps_done"] == 6
+    weights = torch.load(tmp_path / "model" / "weights.pt", weights_only=True)
+    assert all(w.dtype == torch.float32 and torch.isfinite(w).all() for w in weights.values() if w.is_floating_point())
+    float32 = TrainConfig(steps=3, **{**TINY, "precision": "float32"})
+    with pytest.raises(KeyboardInterrupt):
+        _train_and_interrupt_after_checkpoint(raw_zarr, tmp_path / "float32", float32)
+    assert torch.load(partial_path(tmp_path / "float32") / CHECKPOINT_FILE, weights_only=True)["grad_scaler"] == {}

@@ -56,9 +56,12 @@ def test_output_shape_matches_input_for_odd_sizes(spec: UNetSpec) -> None:
     assert out.shape == shape
 
 
+@pytest.mark.parametrize("arithmetic", [torch.bfloat16, torch.float16], ids=str)
 @pytest.mark.parametrize("spec", SPECS, ids=str)
-def test_bfloat16_run_is_close_to_float32_but_not_the_same_arithmetic(spec: UNetSpec) -> None:
-    """bfloat16 autocast (the transposed-convolution upsampling included) runs every spec and tracks float32.
+def test_half_precision_run_is_close_to_float32_but_not_the_same_arithmetic(spec: UNetSpec,
+                                                                            arithmetic: torch.dtype) -> None:
+    """bfloat16 and float16 autocast (the transposed-convolution upsampling included) run every spec and
+    track float32.
 
     Random weights with random BatchNorm statistics cancel more than trained ones, so the bound is loose;
     on trained models the denoised PSNR is the same to 0.01 dB (benchmarks/results/precision_quality.md)."""
@@ -66,7 +69,7 @@ def test_bfloat16_run_is_close_to_float32_but_not_the_same_arithmetic(spec: UNet
     data = np.random.default_rng(1).normal(size=(12, 40, 40)[-spec.ndim:]).astype(np.float32)
     grid = total_downsampling(spec)
     exact = run_network(model, data, grid, torch.device("cpu"))
-    fast = run_network(model, data, grid, torch.device("cpu"), bfloat16=True)
+    fast = run_network(model, data, grid, torch.device("cpu"), arithmetic=arithmetic)
     assert fast.dtype == np.float32 and fast.shape == exact.shape
     assert not np.array_equal(fast, exact)
     assert np.corrcoef(fast.ravel(), exact.ravel())[0, 1] > 0.98

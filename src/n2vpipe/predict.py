@@ -61,7 +61,7 @@ from n2vpipe.io import (
     write_pyramid,
 )
 from n2vpipe.model_io import WEIGHTS_FILE, ModelDescription, Normalisation, load_model
-from n2vpipe.train import computes_in_bfloat16, select_device
+from n2vpipe.train import arithmetic_name, autocast_dtype, select_device, to_device
 from n2vpipe.unet import UNet, UNetSpec, Window, memory_format, receptive_reach, total_downsampling
 
 log = logging.getLogger(__name__)
@@ -127,18 +127,17 @@ def read_with_halo(array: zarr.Array, meta: ImageMeta, block: Block,
 
 
 def run_network(model: UNet, data: np.ndarray, grid: tuple[int, ...], device: torch.device,
-                margins: Window | None = None, bfloat16: bool = False) -> np.ndarray:
+                margins: Window | None = None, arithmetic: torch.dtype | None = None) -> np.ndarray:
     """Apply ``model`` to one normalised single-channel array, reflect-padding its end up to the pooling grid.
 
     With ``margins`` (``(before, after)`` per axis) the result leaves them out
     (:meth:`UNet.forward_cropped`: the decoder runs only where the output needs it).
-    ``bfloat16`` runs it under bfloat16 autocast (float32 result).
+    ``arithmetic`` (bfloat16 or float16) runs it under autocast to that dtype (float32 result).
     """
     pad = [(0, (-s) % g) for s, g in zip(data.shape, grid)]
     padded = np.pad(data, pad, mode="reflect") if any(p for _, p in pad) else data
-    tensor = torch.from_numpy(np.ascontiguousarray(padded))[None, None]
-    tensor = tensor.to(device, memory_format=memory_format(data.ndim))
-    with torch.inference_mode(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=bfloat16):
+    tensor = to_device(padded[None, None], device, memory_format(data.ndim))
+    with torch.inference_mode(), torch.autocast(device.type, dtype=arithmetic, enabled=arithmetic is not None):
         if margins is None:
             out = model(tensor)[(..., *(slice(0, s) for s in data.shape))]
         else:
@@ -148,16 +147,16 @@ def run_network(model: UNet, data: np.ndarray, grid: tuple[int, ...], device: to
 
 def denoise_with_halo(data: np.ndarray, margins: Window, model: UNet, normalisation: Normalisation, block: Block,
                       grid: tuple[int, ...], device: torch.device, network_thread: Executor | None = None,
-                      bfloat16: bool = False) -> np.ndarray:
+                      arithmetic: torch.dtype | None = None) -> np.ndarray:
     """Denoise ``block`` from its data read with halo (``margins`` around it; intensities in the input's
     scale, float32).
 
     ``network_thread``, when given, runs the forward pass (one at a time), so other
     blocks' reads and writes overlap with it and the network's memory is allocated and
-    reused in one thread; ``bfloat16`` as in :func:`run_network`.
+    reused in one thread; ``arithmetic`` as in :func:`run_network`.
     """
     normalised = normalisation.apply(data, block.c)
-    arguments = (model, normalised, grid, device, margins, bfloat16)
+    arguments = (model, normalised, grid, device, margins, arithmetic)
     out = network_thread.submit(run_network, *arguments).result() if network_thread else run_network(*arguments)
     return normalisation.invert(out, block.c)
 
@@ -350,7 +349,7 @@ class BlockJob:
         model, description = inference_model(self.model_dir, self.weights_digest, device)
         result = denoise_with_halo(data, margins, model, description.normalisation, item,
                                    total_downsampling(description.spec), device, self.network_thread,
-                                   computes_in_bfloat16(self.precision, device))
+                                   autocast_dtype(self.precision, device))
         computed = time.perf_counter()
         target[meta.key(item.t, item.c, item.start, item.stop)] = self.encoding.encode(result, item.c)
         (self.partial / DONE_DIR / item.name).touch()
@@ -432,7 +431,7 @@ def predict_part(raw_zarr: Path, model_dir: Path, dst: Path, block_shape: Mappin
     OME-Zarr, so they can run as separate jobs on separate nodes; blocks already
     marked done (a killed earlier run) are skipped. :func:`finalize_prediction`
     turns the partial output into ``dst`` once every part is done. ``precision``:
-    ``float32``, ``bfloat16`` or ``auto`` (:func:`~n2vpipe.train.computes_in_bfloat16`).
+    ``float32``, ``bfloat16``, ``float16`` or ``auto`` (:func:`~n2vpipe.train.autocast_dtype`).
     """
     started = time.monotonic()
     configure_zarr(threads)
@@ -455,11 +454,10 @@ def predict_part(raw_zarr: Path, model_dir: Path, dst: Path, block_shape: Mappin
             lambda: OutputEncoding.choose(output_dtype, output_range, array, meta))
     mine = part_of(blocks, part, parts)
     pending = [b for b in mine if not (partial / DONE_DIR / b.name).exists()]
-    bfloat16 = computes_in_bfloat16(precision, torch_device)
     where = f"the dask.distributed scheduler {scheduler_address}" if scheduler_address else str(torch_device)
     log.info("predict %s part %d/%d: %d of %d blocks of %s (halo %s, grid %s), %d already done; output %s; "
              "network in %s on %s", raw_zarr, part + 1, parts, len(mine), len(blocks), block, halo, grid,
-             len(mine) - len(pending), encoding.dtype, "bfloat16" if bfloat16 else "float32", where)
+             len(mine) - len(pending), encoding.dtype, arithmetic_name(autocast_dtype(precision, torch_device)), where)
     on_cpu_here = torch_device.type == "cpu" and not scheduler_address
     network_thread = ThreadPoolExecutor(1, "n2vpipe-network") if on_cpu_here else None
     job = BlockJob(Path(raw_zarr), Path(model_dir), weights_digest, partial, halo, device, precision, encoding,

@@ -19,7 +19,7 @@ import math
 import os
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -65,7 +65,7 @@ class TrainConfig:
     max_minutes: float = 0.0
     checkpoint_every: int = 100
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    precision: Literal["auto", "float32", "bfloat16"] = "auto"
+    precision: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
     pool_tiles: int = 8
     tile_refresh_every: int = 4
     struct_mask: list[list[int]] | list[list[list[int]]] | None = None
@@ -101,10 +101,24 @@ class Region:
 
 
 def select_device(requested: str) -> torch.device:
-    """``cuda`` when requested or when ``auto`` finds a GPU, else ``cpu``."""
+    """``cuda`` when requested or when ``auto`` finds a GPU, else ``cpu``.
+
+    On CUDA, cuDNN benchmarks its convolution algorithms once per input shape and
+    keeps the fastest: patches and blocks repeat a handful of shapes.
+    """
     if requested == "cuda" or (requested == "auto" and torch.cuda.is_available()):
+        torch.backends.cudnn.benchmark = True
         return torch.device("cuda")
     return torch.device("cpu")
+
+
+def to_device(array: np.ndarray, device: torch.device, layout: torch.memory_format) -> torch.Tensor:
+    """``array`` as a tensor on ``device`` in ``layout``; to a GPU it goes from pinned memory, without
+    waiting for the copy (the next batch is prepared meanwhile)."""
+    tensor = torch.from_numpy(np.ascontiguousarray(array))
+    if device.type == "cuda":
+        tensor = tensor.pin_memory()
+    return tensor.to(device, memory_format=layout, non_blocking=True)
 
 
 @functools.cache
@@ -121,11 +135,31 @@ def cpu_has_amx_bf16(cpuinfo_path: Path = Path("/proc/cpuinfo")) -> bool:
         return False
 
 
-def computes_in_bfloat16(precision: str, device: torch.device) -> bool:
-    """Whether the network runs under bfloat16 autocast: when asked, or for ``auto`` on CUDA and on AMX CPUs."""
-    if precision != "auto":
-        return precision == "bfloat16"
-    return device.type == "cuda" or cpu_has_amx_bf16()
+def gpu_has_native_bf16() -> bool:
+    """Whether the current CUDA GPU computes bfloat16 in hardware (Ampere and later), not by emulation."""
+    return torch.cuda.is_bf16_supported(including_emulation=False)
+
+
+def autocast_dtype(precision: str, device: torch.device,
+                   native_bf16: Callable[[], bool] = gpu_has_native_bf16) -> torch.dtype | None:
+    """The dtype the network computes in under autocast, or ``None`` for plain float32.
+
+    ``bfloat16``/``float16`` when asked. ``auto``: on CUDA bfloat16 where the GPU has
+    it (``native_bf16``), float16 on older GPUs (V100, T4: bfloat16 is emulated there,
+    slower than float32); bfloat16 on CPUs with AMX; float32 on other CPUs.
+    """
+    if precision in ("bfloat16", "float16"):
+        return getattr(torch, precision)
+    if precision == "float32":
+        return None
+    if device.type == "cuda":
+        return torch.bfloat16 if native_bf16() else torch.float16
+    return torch.bfloat16 if cpu_has_amx_bf16() else None
+
+
+def arithmetic_name(dtype: torch.dtype | None) -> str:
+    """``float32``, ``bfloat16`` or ``float16``: what :func:`autocast_dtype` chose, for logs and model.json."""
+    return "float32" if dtype is None else str(dtype).removeprefix("torch.")
 
 
 def effective_patch(meta: ImageMeta, config: TrainConfig, grid: tuple[int, ...]) -> tuple[int, ...]:
@@ -327,12 +361,12 @@ def _masked_tensors(batch: np.ndarray, config: TrainConfig, rng: np.random.Gener
     inputs, masks = mask_batch(batch, config.masked_fraction, config.neighbour_radius, replacement, rng,
                                struct_mask=config.struct_mask)
     layout = memory_format(batch.ndim - 1)
-    return tuple(torch.from_numpy(np.ascontiguousarray(a)).unsqueeze(1).contiguous(memory_format=layout).to(device)
-                 for a in (inputs, batch, masks.astype(np.float32)))
+    return tuple(to_device(a[:, None], device, layout) for a in (inputs, batch, masks.astype(np.float32)))
 
 
 def _save_checkpoint(path: Path, step: int, model: UNet, optimizer: torch.optim.Optimizer,
-                     rng: np.random.Generator, elapsed: float, config: TrainConfig, best: BestValidation) -> None:
+                     scaler: torch.amp.GradScaler, rng: np.random.Generator, elapsed: float, config: TrainConfig,
+                     best: BestValidation) -> None:
     """Write a resumable checkpoint atomically (tensors and plain values only)."""
     state = {
         "config": config.to_dict(),
@@ -341,6 +375,7 @@ def _save_checkpoint(path: Path, step: int, model: UNet, optimizer: torch.optim.
         "model": model.state_dict(),
         "best": best.state_dict(),
         "optimizer": optimizer.state_dict(),
+        "grad_scaler": scaler.state_dict(),
         "numpy_rng": rng.bit_generator.state,
         "torch_rng": torch.get_rng_state(),
     }
@@ -350,7 +385,8 @@ def _save_checkpoint(path: Path, step: int, model: UNet, optimizer: torch.optim.
 
 
 def _resume(checkpoint: Path, config: TrainConfig, model: UNet, optimizer: torch.optim.Optimizer,
-            rng: np.random.Generator, best: BestValidation, device: torch.device) -> tuple[int, float]:
+            scaler: torch.amp.GradScaler, rng: np.random.Generator, best: BestValidation,
+            device: torch.device) -> tuple[int, float]:
     """Restore state from ``checkpoint`` if it was written with the same settings.
 
     Returns the step and elapsed seconds to continue from; ``(0, 0.0)`` for a fresh start.
@@ -365,6 +401,8 @@ def _resume(checkpoint: Path, config: TrainConfig, model: UNet, optimizer: torch
         return 0, 0.0
     model.load_state_dict(state["model"])
     optimizer.load_state_dict(state["optimizer"])
+    if state.get("grad_scaler"):
+        scaler.load_state_dict(state["grad_scaler"])
     best.load_state_dict(state["best"])
     rng.bit_generator.state = state["numpy_rng"]
     torch.set_rng_state(state["torch_rng"])
@@ -422,13 +460,15 @@ def train_n2v(zarr_path: Path, model_dir: Path, config: TrainConfig, threads: in
         log.warning("early stopping is off: the volume is too small to hold out a validation region")
     model = UNet(spec).to(device, memory_format=memory_format(spec.ndim))
     optimizer = torch.optim.Adam(model.parameters(), lr=config.learning_rate)
+    arithmetic = autocast_dtype(config.precision, device)
+    scaler = torch.amp.GradScaler(device.type, enabled=arithmetic is torch.float16)
     best = BestValidation(config.early_stopping_min_delta)
     with atomic_output(model_dir, keep_partial_on_error=True) as partial:
         partial.mkdir(parents=True, exist_ok=True)
         checkpoint = partial / CHECKPOINT_FILE
-        step, elapsed_before = _resume(checkpoint, config, model, optimizer, rng, best, device)
+        step, elapsed_before = _resume(checkpoint, config, model, optimizer, scaler, rng, best, device)
         try:
-            history = _run_steps(model, optimizer, pool, val_batch, config, rng, device, partial, step,
+            history = _run_steps(model, optimizer, scaler, pool, val_batch, config, rng, device, partial, step,
                                  elapsed_before, best)
         except FloatingPointError as error:
             raise FloatingPointError(f"{zarr_path}: {error}") from error
@@ -438,7 +478,7 @@ def train_n2v(zarr_path: Path, model_dir: Path, config: TrainConfig, threads: in
         description = ModelDescription(spec=spec, normalisation=normalisation, spatial_axes=meta.spatial_axes,
                                        training={**config.to_dict(), "effective_patch": list(patch),
                                                  "source": str(zarr_path), "device": str(device),
-                                                 "bfloat16": computes_in_bfloat16(config.precision, device)},
+                                                 "arithmetic": arithmetic_name(arithmetic)},
                                        history=history)
         model.eval()
         save_model(model, description, partial)
@@ -456,24 +496,27 @@ def _truncate_log(log_path: Path, last_step: int) -> None:
         csv.writer(handle).writerows(kept)
 
 
-def _diverged(what: str, step: int, bfloat16: bool, learning_rate: float) -> FloatingPointError:
+def _diverged(what: str, step: int, arithmetic: torch.dtype | None, learning_rate: float) -> FloatingPointError:
     """The error that stops a diverged run; the last checkpoint, saved before it, stays for the rerun."""
     return FloatingPointError(
-        f"{what} by step {step} ({'bfloat16' if bfloat16 else 'float32'}, learning rate {learning_rate:.3g}); "
+        f"{what} by step {step} ({arithmetic_name(arithmetic)}, learning rate {learning_rate:.3g}); "
         "the last checkpoint is kept and a rerun resumes from it; if it recurs, lower train.learning_rate "
         "or set train.precision: float32")
 
 
-def _run_steps(model: UNet, optimizer: torch.optim.Optimizer, pool: PatchPool, val_batch: Any, config: TrainConfig,
-               rng: np.random.Generator, device: torch.device, folder: Path, first_step: int, elapsed_before: float,
-               best: BestValidation) -> dict[str, Any]:
-    """The optimisation loop; appends to the CSV log, tracks the best validation and checkpoints as it goes."""
+def _run_steps(model: UNet, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler, pool: PatchPool,
+               val_batch: Any, config: TrainConfig, rng: np.random.Generator, device: torch.device, folder: Path,
+               first_step: int, elapsed_before: float, best: BestValidation) -> dict[str, Any]:
+    """The optimisation loop; appends to the CSV log, tracks the best validation and checkpoints as it goes.
+
+    In float16, ``scaler`` scales the loss so that small gradients do not underflow and skips
+    the steps whose gradients overflowed (bfloat16 and float32 need neither: it is disabled)."""
     log_path = folder / LOG_FILE
     new_log = first_step == 0 or not log_path.exists()
     if not new_log:
         _truncate_log(log_path, first_step)
     started = time.monotonic() - elapsed_before
-    bfloat16 = computes_in_bfloat16(config.precision, device)
+    arithmetic = autocast_dtype(config.precision, device)
     stop_reason = "steps"
     model.train()
     running, running_count = torch.zeros((), dtype=torch.float64, device=device), 0
@@ -491,12 +534,13 @@ def _run_steps(model: UNet, optimizer: torch.optim.Optimizer, pool: PatchPool, v
                 group["lr"] = learning_rate
             batch = augment(pool.sample(config.batch_size), rng)
             inputs, targets, masks = _masked_tensors(batch, config, rng, device)
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bfloat16):
+            with torch.autocast(device.type, dtype=arithmetic, enabled=arithmetic is not None):
                 prediction = model(inputs)
             loss = masked_loss(prediction.float(), targets, masks, config.loss)
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
             step += 1
             running += loss.detach()  # no .item() here: the CPU prepares the next batch while the GPU works
             running_count += 1
@@ -507,7 +551,7 @@ def _run_steps(model: UNet, optimizer: torch.optim.Optimizer, pool: PatchPool, v
                 val_loss = _validation_loss(model, val_batch, config.loss)
                 train_loss = float(running) / running_count
                 if not math.isfinite(train_loss):
-                    raise _diverged(f"training loss became {train_loss}", step, bfloat16, learning_rate)
+                    raise _diverged(f"training loss became {train_loss}", step, arithmetic, learning_rate)
                 writer.writerow((step, train_loss, val_loss, learning_rate,
                                  round(elapsed, 2)))
                 handle.flush()
@@ -524,8 +568,9 @@ def _run_steps(model: UNet, optimizer: torch.optim.Optimizer, pool: PatchPool, v
                     break
             if step % config.checkpoint_every == 0:
                 if not all(bool(torch.isfinite(weights).all()) for weights in model.parameters()):
-                    raise _diverged("weights became non-finite", step, bfloat16, learning_rate)
-                _save_checkpoint(folder / CHECKPOINT_FILE, step, model, optimizer, rng, elapsed, config, best)
+                    raise _diverged("weights became non-finite", step, arithmetic, learning_rate)
+                _save_checkpoint(folder / CHECKPOINT_FILE, step, model, optimizer, scaler, rng, elapsed, config,
+                                 best)
             if out_of_time:
                 stop_reason = "max_minutes"
                 break
