@@ -15,7 +15,7 @@ from ome_zarr.reader import Reader
 
 from ome_zarr.writer import write_image
 
-from n2vpipe.ingest import RowBandReader, chunk_shape, ingest_tiff
+from n2vpipe.ingest import StorageAlignedReader, chunk_shape, ingest_tiff
 from n2vpipe.io import (
     ContiguousTiffArray,
     InputError,
@@ -159,24 +159,28 @@ class CountingArray:
         return self.data[key]
 
 
-def test_chunks_are_read_through_one_band_of_full_width_rows_rounded_to_the_strip_height(tmp_path: Path) -> None:
+@pytest.mark.parametrize(("layout", "region_starts", "region_columns"), [
+    ({"rowsperstrip": 24, "compression": "lzw"}, [(z, y, 0) for z in (0, 8) for y in (0, 24, 48, 96)], {(0, 60)}),
+    ({"tile": (16, 32), "compression": "zstd"}, [(z, y, x) for z in (0, 8) for y in (0, 32, 64, 96) for x in (0, 32)],
+     {(0, 32), (32, 60)}),
+], ids=["lzw-strips", "zstd-tiles"])
+def test_compressed_files_are_read_in_whole_strips_or_tiles_each_decoded_once(
+        tmp_path: Path, layout: dict, region_starts: list, region_columns: set) -> None:
+    """Strips: bands of full-width rows; tiles: only the tiles a chunk touches; either way each region is read
+    once, however many chunks share it. LZW and zstd (common in the wild) decode through imagecodecs."""
     data = np.random.default_rng(4).integers(0, 4000, size=(12, 100, 60), dtype=np.uint16)
-    tifffile.imwrite(tmp_path / "strips.tif", data, compression="zlib", rowsperstrip=24)
-    with open_tiff_lazy(tmp_path / "strips.tif") as (source, meta, permutation):
-        assert source.chunks[-2] == 24
+    tifffile.imwrite(tmp_path / "packed.tif", data, **layout)
+    with open_tiff_lazy(tmp_path / "packed.tif") as (source, meta, permutation):
+        storage = source.chunks[-2:]
     counting = CountingArray(data)
-    reader = RowBandReader(counting, strip_rows=24)
-    assert reader.band_key((slice(0, 8), slice(32, 64), slice(16, 32))) == (slice(0, 8), slice(24, 72), slice(0, 60))
-    assert reader.band_key((slice(8, 12), slice(96, 100), slice(48, 60))) == (slice(8, 12), slice(96, 100),
-                                                                             slice(0, 60))
+    reader = StorageAlignedReader(counting, storage)
     chunks = chunk_shape(meta, CHUNKS)
     copied = da.from_array(reader, chunks=chunks, meta=data[:0, :0, :0]).compute(scheduler="threads", num_workers=2)
     assert np.array_equal(copied, data)
-    band_starts = [(z, y) for z in (0, 8) for y in (0, 24, 48, 96)]
-    assert sorted((read[0].start, read[1].start) for read in counting.reads) == band_starts
-    assert all(read[-1] == slice(0, 60) for read in counting.reads)
-    ingest_tiff(tmp_path / "strips.tif", tmp_path / "strips.ome.zarr", CHUNKS, threads=2)
-    assert np.array_equal(open_ome_zarr(tmp_path / "strips.ome.zarr")[0][:], data)
+    assert sorted((read[0].start, read[1].start, read[2].start) for read in counting.reads) == region_starts
+    assert {(read[-1].start, read[-1].stop) for read in counting.reads} == region_columns
+    ingest_tiff(tmp_path / "packed.tif", tmp_path / "packed.ome.zarr", CHUNKS, threads=2)
+    assert np.array_equal(open_ome_zarr(tmp_path / "packed.ome.zarr")[0][:], data)
 
 
 def test_ngff_05_images_from_another_writer_open_in_place(tmp_path: Path) -> None:

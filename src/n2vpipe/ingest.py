@@ -33,42 +33,45 @@ def chunk_shape(meta: ImageMeta, spatial_chunks: Mapping[str, int]) -> tuple[int
     return tuple(min(spatial_chunks.get(a, 1), s) if a in "zyx" else 1 for a, s in zip(meta.axes, meta.shape))
 
 
-class RowBandReader:
-    """Chunk-sized reads from a TIFF source through a cache of one band of full-width rows.
+class StorageAlignedReader:
+    """Chunk-sized reads from a TIFF source, rounded out to its whole strips or tiles and cached.
 
-    TIFF data lies in full-width rows (strips, or whole planes when uncompressed),
-    so reading one chunk costs the band of full-width rows around it, rounded out
-    to whole strips. The chunks of one band share that read: the band stays cached
-    until a chunk of another band is asked for. Memory is one band (plus the one a
-    reader may still be copying from), whatever the volume size.
+    A TIFF stores a plane in strips (runs of full-width rows) or in tiles, and
+    decoding any part of one costs all of it. A chunk is therefore read as the
+    region around it in whole strips or tiles: for strips, the band of full-width
+    rows; for tiles, just the tiles it touches. The chunks beside it share that
+    read: the region stays cached until a chunk outside it is asked for. Memory is
+    one region (plus the one a reader may still be copying from), whatever the
+    volume size; with strips it follows the plane width.
     """
 
-    def __init__(self, source: zarr.Array | ContiguousTiffArray, strip_rows: int) -> None:
-        self.source, self.strip_rows = source, strip_rows
+    def __init__(self, source: zarr.Array, storage: tuple[int, int]) -> None:
+        self.source, self.storage = source, storage
         self.shape, self.dtype, self.ndim = tuple(source.shape), np.dtype(source.dtype), len(source.shape)
         self._lock = threading.Lock()
-        self._band_key: tuple[slice, ...] | None = None
-        self._band: np.ndarray | None = None
+        self._region_key: tuple[slice, ...] | None = None
+        self._region: np.ndarray | None = None
 
-    def band_key(self, key: tuple[slice, ...]) -> tuple[slice, ...]:
-        """The band of full-width rows, whole strips, that holds the region ``key``."""
-        rows = key[-2]
-        start = rows.start // self.strip_rows * self.strip_rows
-        stop = min(self.shape[-2], -(-rows.stop // self.strip_rows) * self.strip_rows)
-        return (*key[:-2], slice(start, stop), slice(0, self.shape[-1]))
+    def region_key(self, key: tuple[slice, ...]) -> tuple[slice, ...]:
+        """The region in whole strips or tiles (``storage``: their rows and columns) that holds ``key``."""
+        aligned = []
+        for extent, size, step in zip(key[-2:], self.shape[-2:], self.storage):
+            start = extent.start // step * step
+            aligned.append(slice(start, min(size, -(-extent.stop // step) * step)))
+        return (*key[:-2], *aligned)
 
     def __getitem__(self, key: tuple[slice, ...]) -> np.ndarray:
-        """A copy of the region ``key`` (one slice per axis), read through the band cache."""
+        """A copy of the region ``key`` (one slice per axis), read through the cache."""
         key = tuple(slice(*k.indices(n)[:2]) for k, n in zip(key, self.shape))
-        band_key = self.band_key(key)
+        region_key = self.region_key(key)
         with self._lock:
-            if band_key != self._band_key:
-                self._band, self._band_key = None, None
-                self._band = np.asarray(self.source[band_key])
-                self._band_key = band_key
-            band = self._band
-        rows = slice(key[-2].start - band_key[-2].start, key[-2].stop - band_key[-2].start)
-        return band[(..., rows, key[-1])].copy()
+            if region_key != self._region_key:
+                self._region, self._region_key = None, None
+                self._region = np.asarray(self.source[region_key])
+                self._region_key = region_key
+            region = self._region
+        inner = tuple(slice(k.start - r.start, k.stop - r.start) for k, r in zip(key[-2:], region_key[-2:]))
+        return region[(..., *inner)].copy()
 
 
 def ingest_tiff(
@@ -82,9 +85,9 @@ def ingest_tiff(
 ) -> ImageMeta:
     """Copy the TIFF (or plane folder) ``src`` into a new OME-Zarr at ``dst``.
 
-    Dask reads the source chunk by chunk, strip-stored files through a
-    :class:`RowBandReader` (one band of full-width rows in memory), uncompressed
-    contiguous ones by byte range, and writes with ``threads`` workers; dask
+    Dask reads the source chunk by chunk, compressed files through a
+    :class:`StorageAlignedReader` (whole strips or tiles, one region in memory),
+    uncompressed contiguous ones by byte range, and writes with ``threads`` workers; dask
     chunks equal zarr chunks, so no two tasks write the same chunk. ``dst``
     appears only once complete.
     """
@@ -92,13 +95,13 @@ def ingest_tiff(
     codec = blosc_compressor(compressor, compression_level)
     with open_tiff_lazy(src) as (source, meta, permutation):
         chunks = chunk_shape(meta, spatial_chunks)
-        reader = source if isinstance(source, ContiguousTiffArray) else RowBandReader(source, source.chunks[-2])
+        reader = source if isinstance(source, ContiguousTiffArray) else StorageAlignedReader(source, source.chunks[-2:])
         source_chunks = tuple(chunks[permutation.index(i)] for i in range(len(permutation)))
         empty = np.empty((0,) * source.ndim, dtype=source.dtype)
         lazy = da.from_array(reader, chunks=source_chunks, lock=False, meta=empty).transpose(permutation)
         log.info("ingest %s: axes %s shape %s dtype %s voxel %s %s, read %s", src, meta.axes, meta.shape,
                  meta.dtype, meta.scale, meta.unit,
-                 "by byte range" if reader is source else "in bands of full-width rows")
+                 "by byte range" if reader is source else f"in whole strips/tiles of {source.chunks[-2:]}")
         with atomic_output(dst) as partial:
             target = create_ome_zarr(partial, meta, chunks, codec, name=Path(dst).parent.name,
                                      extra_attrs={"source": str(src)})
