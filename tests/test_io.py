@@ -148,6 +148,20 @@ def test_a_truncated_uncompressed_file_fails_naming_the_file_and_leaves_no_outpu
     assert sorted(p.name for p in tmp_path.iterdir()) == ["cut.tif"]
 
 
+def test_a_damaged_compressed_strip_fails_naming_the_file_and_leaves_no_output(tmp_path: Path) -> None:
+    data = np.random.default_rng(7).integers(0, 4000, size=(6, 64, 80), dtype=np.uint16)
+    src = tmp_path / "damaged.tif"
+    tifffile.imwrite(src, data, compression="zlib", rowsperstrip=16)
+    with tifffile.TiffFile(src) as tif:
+        offset = tif.pages[2].dataoffsets[1]
+    with open(src, "r+b") as handle:
+        handle.seek(offset)
+        handle.write(bytes(64))
+    with pytest.raises(InputError, match=re.escape(f"{src}: cannot decode the image data at [")):
+        ingest_tiff(src, tmp_path / "damaged.ome.zarr", CHUNKS)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["damaged.tif"]
+
+
 class CountingArray:
     """A numpy array that records the regions read from it."""
 
@@ -173,7 +187,7 @@ def test_compressed_files_are_read_in_whole_strips_or_tiles_each_decoded_once(
     with open_tiff_lazy(tmp_path / "packed.tif") as (source, meta, permutation):
         storage = source.chunks[-2:]
     counting = CountingArray(data)
-    reader = StorageAlignedReader(counting, storage)
+    reader = StorageAlignedReader(counting, storage, tmp_path / "packed.tif")
     chunks = chunk_shape(meta, CHUNKS)
     copied = da.from_array(reader, chunks=chunks, meta=data[:0, :0, :0]).compute(scheduler="threads", num_workers=2)
     assert np.array_equal(copied, data)

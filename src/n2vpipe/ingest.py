@@ -17,6 +17,7 @@ from tqdm.dask import TqdmCallback
 from n2vpipe.io import (
     ContiguousTiffArray,
     ImageMeta,
+    InputError,
     atomic_output,
     blosc_compressor,
     configure_zarr,
@@ -45,8 +46,8 @@ class StorageAlignedReader:
     volume size; with strips it follows the plane width.
     """
 
-    def __init__(self, source: zarr.Array, storage: tuple[int, int]) -> None:
-        self.source, self.storage = source, storage
+    def __init__(self, source: zarr.Array, storage: tuple[int, int], path: Path) -> None:
+        self.source, self.storage, self.path = source, storage, path
         self.shape, self.dtype, self.ndim = tuple(source.shape), np.dtype(source.dtype), len(source.shape)
         self._lock = threading.Lock()
         self._region_key: tuple[slice, ...] | None = None
@@ -61,13 +62,21 @@ class StorageAlignedReader:
         return (*key[:-2], *aligned)
 
     def __getitem__(self, key: tuple[slice, ...]) -> np.ndarray:
-        """A copy of the region ``key`` (one slice per axis), read through the cache."""
+        """A copy of the region ``key`` (one slice per axis), read through the cache.
+
+        Raises :class:`InputError` naming the file when its data cannot be decoded
+        (a damaged strip or tile: imagecodecs raises ``RuntimeError``s, tifffile ``ValueError``s).
+        """
         key = tuple(slice(*k.indices(n)[:2]) for k, n in zip(key, self.shape))
         region_key = self.region_key(key)
         with self._lock:
             if region_key != self._region_key:
                 self._region, self._region_key = None, None
-                self._region = np.asarray(self.source[region_key])
+                try:
+                    self._region = np.asarray(self.source[region_key])
+                except (RuntimeError, ValueError) as err:
+                    where = ", ".join(f"{k.start}:{k.stop}" for k in region_key)
+                    raise InputError(f"{self.path}: cannot decode the image data at [{where}]: {err}") from err
                 self._region_key = region_key
             region = self._region
         inner = tuple(slice(k.start - r.start, k.stop - r.start) for k, r in zip(key[-2:], region_key[-2:]))
@@ -95,7 +104,7 @@ def ingest_tiff(
     codec = blosc_compressor(compressor, compression_level)
     with open_tiff_lazy(src) as (source, meta, permutation):
         chunks = chunk_shape(meta, spatial_chunks)
-        reader = source if isinstance(source, ContiguousTiffArray) else StorageAlignedReader(source, source.chunks[-2:])
+        reader = source if isinstance(source, ContiguousTiffArray) else StorageAlignedReader(source, source.chunks[-2:], src)
         source_chunks = tuple(chunks[permutation.index(i)] for i in range(len(permutation)))
         empty = np.empty((0,) * source.ndim, dtype=source.dtype)
         lazy = da.from_array(reader, chunks=source_chunks, lock=False, meta=empty).transpose(permutation)
