@@ -29,6 +29,14 @@ import tifffile
 from common import PRINT_PEAK_RSS_KIB, cpu_model, parse_shape, save_results
 
 CHUNKS = {"z": 32, "y": 256, "x": 256}
+CONTIGUOUS = "uncompressed, contiguous"  # layouts end in their kind: contiguous, strips or tiles
+READS = {
+    "contiguous": "n2vpipe reads each chunk by byte range, its full-width rows into one buffer, and keeps nothing "
+                "between chunks; the chunks beside it re-read those rows from the page cache.",
+    "strips": "n2vpipe reads each chunk as the band of whole strips (full-width rows) around it, one chunk deep and "
+              "tall, kept while the chunks beside it use it: memory follows the plane width.",
+    "tiles": "n2vpipe reads each chunk as the whole tiles around it, kept while the chunks beside it use them.",
+}
 
 PLAIN = """
 import sys, time, numcodecs, tifffile, zarr
@@ -51,11 +59,17 @@ print(time.perf_counter() - started)
 """
 
 
-def make_stack(path: Path, shape: tuple[int, int, int], seed: int = 0) -> None:
-    """Write a noisy uint16 stack plane by plane (never whole in memory)."""
+def make_stack(path: Path, shape: tuple[int, int, int], seed: int = 0, compression: str | None = None,
+               tile: int = 0) -> None:
+    """Write a noisy uint16 stack plane by plane (never whole in memory): uncompressed and contiguous, or
+    ``compression`` in strips (``tile`` 0) or in ``tile`` x ``tile`` tiles."""
     rng = np.random.default_rng(seed)
     planes = (rng.poisson(100 + 50 * np.sin(z / 5), size=shape[1:]).astype(np.uint16) for z in range(shape[0]))
-    tifffile.imwrite(path, planes, shape=shape, dtype=np.uint16, bigtiff=True, imagej=False)
+    if tile:  # tifffile takes a tiled image as an iterator of its tiles
+        planes = (plane[y:y + tile, x:x + tile] for plane in planes
+                  for y in range(0, shape[1], tile) for x in range(0, shape[2], tile))
+    tifffile.imwrite(path, planes, shape=shape, dtype=np.uint16, bigtiff=True, imagej=False, compression=compression,
+                     tile=(tile, tile) if tile else None)
 
 
 def run(code: str, *args: str) -> tuple[float, float, float]:
@@ -84,20 +98,24 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=3, help="fresh runs per method and size; medians reported")
     parser.add_argument("--name", default="ingest", help="results/<name>.json, .md, .png")
+    parser.add_argument("--tiff-compression", default=None, help="compress the TIFFs (e.g. zstd, lzw); default: none")
+    parser.add_argument("--tiff-tile", type=int, default=0, help="with --tiff-compression: tile size; 0 = strips")
     args = parser.parse_args()
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
+        layout = CONTIGUOUS if not args.tiff_compression else \
+            f"{args.tiff_compression}, " + (f"{args.tiff_tile}x{args.tiff_tile} tiles" if args.tiff_tile else "strips")
         for text in args.sizes:
             shape = parse_shape(text)
             src = Path(tmp) / f"{text}.tif"
-            make_stack(src, shape)
+            make_stack(src, shape, compression=args.tiff_compression, tile=args.tiff_tile)
             megabytes = float(np.prod(shape)) * 2 / 1e6
             (plain_s, plain_work_s, plain_mib), plain_peaks = median_run(args.repeats, PLAIN, src,
                                                                          Path(tmp) / f"plain-{text}.zarr")
             (ours_s, ours_work_s, ours_mib), ours_peaks = median_run(args.repeats, N2VPIPE, src,
                                                                      Path(tmp) / f"n2vpipe-{text}.ome.zarr",
                                                                      str(args.threads))
-            rows.append({"shape": list(shape), "input_MB": round(megabytes, 1),
+            rows.append({"shape": list(shape), "input_MB": round(megabytes, 1), "layout": layout,
                          "plain_s": round(plain_s, 2), "plain_work_s": round(plain_work_s, 2),
                          "plain_peak_rss_MiB": round(plain_mib), "plain_peak_rss_runs_MiB": plain_peaks, "n2vpipe_s": round(ours_s, 2),
                          "n2vpipe_work_s": round(ours_work_s, 2), "n2vpipe_peak_rss_MiB": round(ours_mib),
@@ -131,11 +149,8 @@ def write_results(rows: list[dict], machine: str, name: str = "ingest") -> None:
                      f"{r['n2vpipe_peak_rss_MiB']} | {r['throughput_ratio']:.2f} | {r['work_throughput_ratio']:.2f} |")
     growth = [f"{b['n2vpipe_peak_rss_MiB'] / a['n2vpipe_peak_rss_MiB'] - 1:+.0%}" for a, b in zip(rows, rows[1:])]
     lines += ["", f"n2vpipe peak RSS from one size to the next: {', '.join(growth)} (target: flat, within 25 %).",
-              "", "These stacks are uncompressed and contiguous: n2vpipe reads each chunk (32 x 256 x 256) by byte "
-              "range, its full-width rows into one buffer, and keeps nothing between chunks; the neighbouring chunks "
-              "re-read those rows from the page cache. (Strip-compressed files go through a cache of one band of "
-              "full-width rows instead, which grows with the plane width.) The smallest stack is "
-              f"{chunk_count(rows[0]['shape'])} chunks in all.",
+              "", f"TIFF layout: {rows[0].get('layout', CONTIGUOUS)}. {READS[rows[0].get('layout', CONTIGUOUS).split()[-1]]} "
+              f"The smallest stack is {chunk_count(rows[0]['shape'])} chunks (32 x 256 x 256) in all.",
               "", "Medians of fresh runs; every run's peak RSS (MiB), n2vpipe / plain: "
               + "; ".join(f"{'x'.join(map(str, r['shape']))}: {r['n2vpipe_peak_rss_runs_MiB']} / "
                           f"{r['plain_peak_rss_runs_MiB']}" for r in rows) + "."]
