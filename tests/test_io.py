@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 from pathlib import Path
@@ -141,7 +142,7 @@ def test_uncompressed_files_are_read_by_byte_range_in_either_byte_order(tmp_path
 def test_a_truncated_uncompressed_file_fails_naming_the_file_and_leaves_no_output(tmp_path: Path) -> None:
     data = np.random.default_rng(6).integers(0, 60000, size=(4, 40, 24), dtype=np.uint16)
     src = tmp_path / "cut.tif"
-    tifffile.imwrite(src, data)
+    tifffile.imwrite(src, data, photometric="minisblack")
     os.truncate(src, src.stat().st_size - 1000)
     with pytest.raises(InputError, match=re.escape(f"{src}: file ends before the image data does")):
         ingest_tiff(src, tmp_path / "cut.ome.zarr", CHUNKS)
@@ -160,6 +161,21 @@ def test_a_damaged_compressed_strip_fails_naming_the_file_and_leaves_no_output(t
     with pytest.raises(InputError, match=re.escape(f"{src}: cannot decode the image data at [")):
         ingest_tiff(src, tmp_path / "damaged.ome.zarr", CHUNKS)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["damaged.tif"]
+
+
+def test_a_file_with_several_image_series_warns_which_are_left_out(tmp_path: Path,
+                                                                   caplog: pytest.LogCaptureFixture) -> None:
+    """Multi-position OME-TIFFs hold one series per position; only the first becomes the acquisition, and the
+    job log says so instead of dropping the others silently."""
+    first, second = np.ones((3, 16, 16), np.uint16), np.zeros((2, 8, 8), np.uint16)
+    with tifffile.TiffWriter(tmp_path / "positions.ome.tif", ome=True) as writer:
+        writer.write(first, metadata={"axes": "ZYX"})
+        writer.write(second, metadata={"axes": "ZYX"})
+    with caplog.at_level(logging.WARNING, logger="n2vpipe.io"):
+        ingest_tiff(tmp_path / "positions.ome.tif", tmp_path / "positions.ome.zarr", CHUNKS)
+    assert f"{tmp_path / 'positions.ome.tif'} holds 2 image series: only series 0 (ZYX (3, 16, 16)) is " \
+           "ingested; left out: series 1 (ZYX (2, 8, 8))" in caplog.text
+    assert np.array_equal(open_ome_zarr(tmp_path / "positions.ome.zarr")[0][:], first)
 
 
 class CountingArray:

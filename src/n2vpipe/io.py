@@ -248,6 +248,10 @@ def open_tiff_lazy(path: Path) -> Iterator[tuple[zarr.Array | ContiguousTiffArra
                 raise InputError(f"{path}: TIFF holds no image series")
             sizes, unit = tiff_voxel_size(tif)
             tiff_axes = tif.series[0].axes
+            if len(tif.series) > 1:
+                log.warning("%s holds %d image series: only series 0 (%s %s) is ingested; left out: %s", path,
+                            len(tif.series), tif.series[0].axes, tif.series[0].shape,
+                            "; ".join(f"series {i} ({s.axes} {s.shape})" for i, s in enumerate(tif.series) if i))
             contiguous = _contiguous_source(path, tif)
             store = tif.series[0].aszarr()
     except (tifffile.TiffFileError, OSError, ElementTree.ParseError) as err:
