@@ -185,7 +185,6 @@ class ContiguousTiffArray:
         self.path, self.offset, self.shape, self.file_dtype = Path(path), offset, tuple(shape), file_dtype
         self.dtype = file_dtype.newbyteorder("=")
         self.ndim = len(self.shape)
-        self.chunks = (1,) * (self.ndim - 1) + (self.shape[-1],)
 
     def __getitem__(self, key: tuple[slice, ...]) -> np.ndarray:
         """The region selected by one slice (step 1) per axis, as dask asks for it."""
