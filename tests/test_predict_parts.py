@@ -15,10 +15,9 @@ import zarr
 from distributed import LocalCluster
 
 from n2vpipe.ingest import ingest_tiff
-from n2vpipe.io import ImageMeta, open_ome_zarr, partial_path
+from n2vpipe.io import open_ome_zarr, partial_path
 from n2vpipe.predict import (
     OutputEncoding,
-    block_sides,
     finalize_prediction,
     fuse_batch_norm,
     inference_model,
@@ -139,20 +138,3 @@ def test_folding_batch_norm_keeps_the_output() -> None:
     fused = fuse_batch_norm(model)
     assert not any(isinstance(m, torch.nn.BatchNorm3d) for m in fused.modules())
     assert torch.allclose(fused(x), expected, atol=1e-5)
-
-
-def test_2d_images_get_blocks_of_as_many_voxels_as_3d_ones(tmp_path: Path) -> None:
-    volume = ImageMeta("zyx", (100, 900, 900), "uint16", (1.0, 1.0, 1.0))
-    image = ImageMeta("yx", (5000, 900), "uint16", (1.0, 1.0))
-    assert block_sides(volume, {"z": 64, "y": 192, "x": 192}, (4, 4, 4)) == (64, 192, 192)
-    assert block_sides(image, {"z": 64, "y": 192, "x": 192}, (4, 4)) == (1536, 900), "8x the side, capped"
-    assert block_sides(image, {"z": 32, "y": 128, "x": 128}, (4, 4)) == (724, 724), "rounded down to the grid"
-    assert block_sides(image, {"z": 1, "y": 48, "x": 48}, (4, 4)) == (48, 48)
-    tifffile.imwrite(tmp_path / "flat.tif", poisson_gaussian(smooth_blobs((100, 120), seed=2), seed=3))
-    ingest_tiff(tmp_path / "flat.tif", tmp_path / "raw.ome.zarr", {"z": 1, "y": 32, "x": 32})
-    train_n2v(tmp_path / "raw.ome.zarr", tmp_path / "model", TrainConfig(
-        patch={"z": 1, "y": 32, "x": 32}, batch_size=2, steps=2, base_filters=4, depth=1, validation_fraction=0))
-    stats = predict_volume(tmp_path / "raw.ome.zarr", tmp_path / "model", tmp_path / "den.ome.zarr",
-                           {"z": 4, "y": 16, "x": 16})
-    denoised, meta = open_ome_zarr(tmp_path / "den.ome.zarr")
-    assert (stats.blocks, denoised.chunks, meta.shape) == (16, (32, 32), (100, 120))

@@ -110,24 +110,6 @@ def plan_blocks(meta: ImageMeta, block_shape: tuple[int, ...], chunks: tuple[int
     return blocks
 
 
-def block_sides(meta: ImageMeta, block_shape: Mapping[str, int], grid: tuple[int, ...]) -> tuple[int, ...]:
-    """Block side per spatial axis from the configured ``block_shape``, capped at the image.
-
-    An image without Z gets Y and X sides √z times the configured ones (rounded
-    down to the pooling ``grid``), so that its blocks hold as many voxels as a 3D
-    block: 192×192 pixels would spend more time on halos and per-block overhead
-    than on the image.
-    """
-    planar = "z" not in meta.spatial_axes
-    sides = []
-    for axis, size, step in zip(meta.spatial_axes, meta.spatial_shape, grid):
-        side = int(block_shape[axis])
-        if planar:
-            side = max(step, int(side * math.sqrt(block_shape.get("z", 1))) // step * step)
-        sides.append(min(side, size))
-    return tuple(sides)
-
-
 def halo_on_grid(spec: UNetSpec) -> tuple[int, ...]:
     """Halo per axis: the receptive reach rounded up to the pooling grid, so that a block read with it
     still starts on the grid."""
@@ -461,7 +443,7 @@ def predict_part(raw_zarr: Path, model_dir: Path, dst: Path, block_shape: Mappin
         raise ValueError(f"{raw_zarr}: axes {meta.spatial_axes} do not match the model's {description.spatial_axes}")
     grid = total_downsampling(description.spec)
     halo = halo_on_grid(description.spec)
-    block = block_sides(meta, block_shape, grid)
+    block = tuple(min(int(block_shape[a]), s) for a, s in zip(meta.spatial_axes, meta.spatial_shape))
     blocks = plan_blocks(meta, block, block, grid)
     torch.set_num_threads(max(1, threads))
     partial = partial_path(dst)
