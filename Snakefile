@@ -15,7 +15,7 @@ min_version("9.0")
 # The library lives in src/; jobs (also in conda envs and on cluster nodes) import it from here.
 N2VPIPE_SRC = str(Path(workflow.basedir) / "src")
 sys.path.insert(0, N2VPIPE_SRC)
-os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (N2VPIPE_SRC, os.environ.get("PYTHONPATH")) if p)
+os.environ.update(PYTHONPATH=os.pathsep.join(p for p in (N2VPIPE_SRC, os.environ.get("PYTHONPATH")) if p))
 
 
 configfile: "config/config.yaml"

@@ -146,3 +146,9 @@ def test_demo_config_dry_run_plans_every_stage(tmp_path: Path) -> None:
     demo = len(list((REPO / "data" / "demo").glob("*.tif")))
     stages = ("ingest", "train", "predict_part", "predict", "export_tiff", "qc_figure")
     assert {k: int(counts.get(k, 0)) for k in stages} == dict.fromkeys(stages, demo)
+
+
+def test_the_workflow_passes_snakemake_lint() -> None:
+    """`snakemake --lint` (what the Snakemake workflow catalog checks) finds nothing."""
+    result = run_snakemake(["--lint"], cwd=REPO)
+    assert "Congratulations, your workflow is in a good condition!" in result.stdout + result.stderr
