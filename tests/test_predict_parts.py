@@ -138,3 +138,22 @@ def test_folding_batch_norm_keeps_the_output() -> None:
     fused = fuse_batch_norm(model)
     assert not any(isinstance(m, torch.nn.BatchNorm3d) for m in fused.modules())
     assert torch.allclose(fused(x), expected, atol=1e-5)
+
+
+def test_2d_images_take_the_planar_block(tmp_path: Path) -> None:
+    """predict.block_2d sets the blocks (= output chunks) of an image without Z; 3D blocks are left alone."""
+    tifffile.imwrite(tmp_path / "flat.tif", poisson_gaussian(smooth_blobs((100, 120), seed=2), seed=3))
+    ingest_tiff(tmp_path / "flat.tif", tmp_path / "raw.ome.zarr", {"z": 1, "y": 32, "x": 32})
+    train_n2v(tmp_path / "raw.ome.zarr", tmp_path / "model", TrainConfig(
+        patch={"z": 1, "y": 32, "x": 32}, batch_size=2, steps=2, base_filters=4, depth=1, validation_fraction=0))
+    stats = predict_volume(tmp_path / "raw.ome.zarr", tmp_path / "model", tmp_path / "den.ome.zarr",
+                           {"z": 4, "y": 16, "x": 16}, planar_block={"y": 32, "x": 64})
+    denoised, meta = open_ome_zarr(tmp_path / "den.ome.zarr")
+    assert (stats.blocks, denoised.chunks, meta.shape) == (8, (32, 64), (100, 120))
+
+
+def test_3d_volumes_ignore_the_planar_block(trained: tuple[Path, Path], tmp_path: Path) -> None:
+    raw, model = trained
+    stats = predict_volume(raw, model, tmp_path / "den.ome.zarr", BLOCK, planar_block={"y": 32, "x": 32})
+    assert open_ome_zarr(tmp_path / "den.ome.zarr")[0].chunks == tuple(BLOCK.values())
+    assert stats.blocks == 2 * 3 * 4

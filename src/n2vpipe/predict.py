@@ -424,7 +424,8 @@ def predict_part(raw_zarr: Path, model_dir: Path, dst: Path, block_shape: Mappin
                  parts: int = 1, threads: int = 1, device: str = "auto", compressor: str = "zstd",
                  compression_level: int = 5, output_dtype: str = "float32",
                  output_range: str | Sequence[float] = "auto",
-                 scheduler_address: str | None = None, precision: str = "auto") -> PredictionStats:
+                 scheduler_address: str | None = None, precision: str = "auto",
+                 planar_block: Mapping[str, int] | None = None) -> PredictionStats:
     """Denoise part ``part`` of ``parts`` of ``raw_zarr`` into the partial output of ``dst``.
 
     Parts write disjoint blocks (whole output chunks) of one shared partial
@@ -432,6 +433,7 @@ def predict_part(raw_zarr: Path, model_dir: Path, dst: Path, block_shape: Mappin
     marked done (a killed earlier run) are skipped. :func:`finalize_prediction`
     turns the partial output into ``dst`` once every part is done. ``precision``:
     ``float32``, ``bfloat16``, ``float16`` or ``auto`` (:func:`~n2vpipe.train.autocast_dtype`).
+    Blocks are ``block_shape``, or ``planar_block`` (Y and X) when given for an image without Z.
     """
     started = time.monotonic()
     configure_zarr(threads)
@@ -443,7 +445,8 @@ def predict_part(raw_zarr: Path, model_dir: Path, dst: Path, block_shape: Mappin
         raise ValueError(f"{raw_zarr}: axes {meta.spatial_axes} do not match the model's {description.spatial_axes}")
     grid = total_downsampling(description.spec)
     halo = halo_on_grid(description.spec)
-    block = tuple(min(int(block_shape[a]), s) for a, s in zip(meta.spatial_axes, meta.spatial_shape))
+    sizes = planar_block if planar_block is not None and "z" not in meta.spatial_axes else block_shape
+    block = tuple(min(int(sizes[a]), s) for a, s in zip(meta.spatial_axes, meta.spatial_shape))
     blocks = plan_blocks(meta, block, block, grid)
     torch.set_num_threads(max(1, threads))
     partial = partial_path(dst)
@@ -506,13 +509,15 @@ def predict_volume(raw_zarr: Path, model_dir: Path, dst: Path, block_shape: Mapp
                    device: str = "auto", compressor: str = "zstd", compression_level: int = 5,
                    pyramid_levels: int = 1, output_dtype: str = "float32",
                    output_range: str | Sequence[float] = "auto",
-                   scheduler_address: str | None = None, precision: str = "auto") -> PredictionStats:
+                   scheduler_address: str | None = None, precision: str = "auto",
+                   planar_block: Mapping[str, int] | None = None) -> PredictionStats:
     """Denoise ``raw_zarr`` with the model in ``model_dir`` into a new OME-Zarr at ``dst``, in one job.
 
     ``dst`` appears only once every block is written; a killed run resumes with
     the blocks it had not finished.
     """
     stats = predict_part(raw_zarr, model_dir, dst, block_shape, 0, 1, threads, device, compressor,
-                         compression_level, output_dtype, output_range, scheduler_address, precision)
+                         compression_level, output_dtype, output_range, scheduler_address, precision,
+                         planar_block)
     finalize_prediction(dst, pyramid_levels, compressor, compression_level)
     return stats

@@ -14,6 +14,7 @@ with job_logging(snakemake.log[0]):
         snakemake.input.model,
         snakemake.params.denoised,
         block_shape=settings["block"],
+        planar_block=settings["block_2d"],
         part=int(snakemake.wildcards.part),
         parts=int(snakemake.wildcards.parts),
         threads=snakemake.threads,
