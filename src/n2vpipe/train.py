@@ -136,8 +136,11 @@ def cpu_has_amx_bf16(cpuinfo_path: Path = Path("/proc/cpuinfo")) -> bool:
 
 
 def gpu_has_native_bf16() -> bool:
-    """Whether the current CUDA GPU computes bfloat16 in hardware (Ampere and later), not by emulation."""
-    return torch.cuda.is_bf16_supported(including_emulation=False)
+    """Whether the current CUDA GPU computes bfloat16 in hardware (compute capability 8.0, Ampere, and later).
+
+    Older GPUs only emulate it, and cuDNN has no bfloat16 convolutions there.
+    """
+    return torch.cuda.get_device_capability() >= (8, 0)
 
 
 def autocast_dtype(precision: str, device: torch.device,
