@@ -148,8 +148,9 @@ def write_results(rows: list[dict], machine: str, name: str = "ingest") -> None:
                      f"{r['plain_peak_rss_MiB']} | {r['n2vpipe_s']} ({r['n2vpipe_work_s']}) | "
                      f"{r['n2vpipe_peak_rss_MiB']} | {r['throughput_ratio']:.2f} | {r['work_throughput_ratio']:.2f} |")
     growth = [f"{b['n2vpipe_peak_rss_MiB'] / a['n2vpipe_peak_rss_MiB'] - 1:+.0%}" for a, b in zip(rows, rows[1:])]
+    layout = rows[0].get("layout", CONTIGUOUS)  # results written before layouts were recorded are contiguous
     lines += ["", f"n2vpipe peak RSS from one size to the next: {', '.join(growth)} (target: flat, within 25 %).",
-              "", f"TIFF layout: {rows[0].get('layout', CONTIGUOUS)}. {READS[rows[0].get('layout', CONTIGUOUS).split()[-1]]} "
+              "", f"TIFF layout: {layout}. {READS[layout.split()[-1]]} "
               f"The smallest stack is {chunk_count(rows[0]['shape'])} chunks (32 x 256 x 256) in all.",
               "", "Medians of fresh runs; every run's peak RSS (MiB), n2vpipe / plain: "
               + "; ".join(f"{'x'.join(map(str, r['shape']))}: {r['n2vpipe_peak_rss_runs_MiB']} / "

@@ -104,7 +104,10 @@ def ingest_tiff(
     codec = blosc_compressor(compressor, compression_level)
     with open_tiff_lazy(src) as (source, meta, permutation):
         chunks = chunk_shape(meta, spatial_chunks)
-        reader = source if isinstance(source, ContiguousTiffArray) else StorageAlignedReader(source, source.chunks[-2:], src)
+        if isinstance(source, ContiguousTiffArray):
+            reader = source
+        else:
+            reader = StorageAlignedReader(source, source.chunks[-2:], src)
         source_chunks = tuple(chunks[permutation.index(i)] for i in range(len(permutation)))
         empty = np.empty((0,) * source.ndim, dtype=source.dtype)
         lazy = da.from_array(reader, chunks=source_chunks, lock=False, meta=empty).transpose(permutation)

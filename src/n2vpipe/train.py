@@ -471,8 +471,8 @@ def train_n2v(zarr_path: Path, model_dir: Path, config: TrainConfig, threads: in
         checkpoint = partial / CHECKPOINT_FILE
         step, elapsed_before = _resume(checkpoint, config, model, optimizer, scaler, rng, best, device)
         try:
-            history = _run_steps(model, optimizer, scaler, pool, val_batch, config, rng, device, partial, step,
-                                 elapsed_before, best)
+            history = _run_steps(model, optimizer, scaler, arithmetic, pool, val_batch, config, rng, device,
+                                 partial, step, elapsed_before, best)
         except FloatingPointError as error:
             raise FloatingPointError(f"{zarr_path}: {error}") from error
         if best.weights is not None:
@@ -507,11 +507,13 @@ def _diverged(what: str, step: int, arithmetic: torch.dtype | None, learning_rat
         "or set train.precision: float32")
 
 
-def _run_steps(model: UNet, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler, pool: PatchPool,
-               val_batch: Any, config: TrainConfig, rng: np.random.Generator, device: torch.device, folder: Path,
-               first_step: int, elapsed_before: float, best: BestValidation) -> dict[str, Any]:
+def _run_steps(model: UNet, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler,
+               arithmetic: torch.dtype | None, pool: PatchPool, val_batch: Any, config: TrainConfig,
+               rng: np.random.Generator, device: torch.device, folder: Path, first_step: int, elapsed_before: float,
+               best: BestValidation) -> dict[str, Any]:
     """The optimisation loop; appends to the CSV log, tracks the best validation and checkpoints as it goes.
 
+    The network runs under autocast to ``arithmetic`` (:func:`autocast_dtype`; ``None``: float32).
     In float16, ``scaler`` scales the loss so that small gradients do not underflow and skips
     the steps whose gradients overflowed (bfloat16 and float32 need neither: it is disabled)."""
     log_path = folder / LOG_FILE
@@ -519,7 +521,6 @@ def _run_steps(model: UNet, optimizer: torch.optim.Optimizer, scaler: torch.amp.
     if not new_log:
         _truncate_log(log_path, first_step)
     started = time.monotonic() - elapsed_before
-    arithmetic = autocast_dtype(config.precision, device)
     stop_reason = "steps"
     model.train()
     running, running_count = torch.zeros((), dtype=torch.float64, device=device), 0
