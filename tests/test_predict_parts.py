@@ -21,6 +21,7 @@ from n2vpipe.predict import (
     finalize_prediction,
     fuse_batch_norm,
     inference_model,
+    network_thread,
     part_of,
     predict_volume,
 )
@@ -76,12 +77,23 @@ def test_distributed_workers_give_the_threaded_result(trained: tuple[Path, Path]
     reference = tmp_path / "reference.ome.zarr"
     predict_volume(raw, model, reference, BLOCK)
     dst = tmp_path / "denoised.ome.zarr"
+
+    def network_thread_of_two_worker_threads() -> tuple[bool, int]:
+        """On a worker: whether its network thread for 2 task threads was running, and its torch threads."""
+        before = network_thread.cache_info().currsize
+        torch_threads = network_thread(2).submit(torch.get_num_threads).result()
+        return before >= 1 and network_thread.cache_info().currsize == before, torch_threads
+
     with LocalCluster(n_workers=2, threads_per_worker=2, processes=True, dashboard_address=None) as cluster:
         stats = predict_volume(raw, model, dst, BLOCK, scheduler_address=cluster.scheduler_address)
         with cluster.get_client() as client:
             models_loaded = client.run(lambda: inference_model.cache_info().currsize)
+            network_threads = client.run(network_thread_of_two_worker_threads)
     assert stats.blocks == 24 and stats.voxels == 16 * 48 * 64
     assert sum(models_loaded.values()) >= 1, "no worker process ran a block"
+    for address, loaded in models_loaded.items():
+        if loaded:
+            assert network_threads[address] == (True, 2), "the worker's network thread must use its 2 threads"
     expected = open_ome_zarr(reference)[0][:]
     np.testing.assert_allclose(open_ome_zarr(dst)[0][:], expected, rtol=0, atol=1e-5 * np.ptp(expected))
     assert not partial_path(dst).exists()

@@ -36,7 +36,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import Executor, ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
 
@@ -308,13 +308,27 @@ def inference_model(model_dir: Path, weights_digest: str, device: torch.device) 
     return model, description
 
 
+@functools.cache
+def network_thread(torch_threads: int) -> ThreadPoolExecutor:
+    """This process's thread for forward passes on the CPU on ``torch_threads`` threads (see
+    :func:`denoise_with_halo`); block tasks on any number of other threads read and write alongside it."""
+    return ThreadPoolExecutor(1, "n2vpipe-network", initializer=torch.set_num_threads, initargs=(torch_threads,))
+
+
+def _worker_threads() -> int:
+    """The task threads of the ``dask.distributed`` worker this runs on (its share of the node's cores)."""
+    from distributed import get_worker
+
+    return get_worker().state.nthreads
+
+
 @dataclass
 class BlockJob:
     """Reads one block with its halo, denoises it, writes its chunks of the partial output and marks it done.
 
-    Picklable, so ``dask.distributed`` workers can run it: they open the arrays
-    and load the model themselves. ``network_thread`` (see :func:`denoise_with_halo`)
-    stays in the process that made it.
+    Picklable, so ``dask.distributed`` workers can run it: they open the arrays,
+    load the model and start their :func:`network_thread` themselves. On the CPU the
+    network runs on ``torch_threads`` threads; ``None``: as many as the worker has.
     """
 
     raw_zarr: Path
@@ -325,11 +339,11 @@ class BlockJob:
     device: str
     precision: str
     encoding: OutputEncoding
-    network_thread: Executor | None = field(default=None, compare=False)
+    torch_threads: int | None
 
     def __getstate__(self) -> dict[str, object]:
-        """Everything but the network thread and the opened arrays (a worker opens its own)."""
-        state = {**self.__dict__, "network_thread": None}
+        """Everything but the opened arrays (a worker opens its own)."""
+        state = dict(self.__dict__)
         state.pop("arrays", None)
         return state
 
@@ -348,12 +362,19 @@ class BlockJob:
         device = select_device(self.device)
         model, description = inference_model(self.model_dir, self.weights_digest, device)
         result = denoise_with_halo(data, margins, model, description.normalisation, item,
-                                   total_downsampling(description.spec), device, self.network_thread,
+                                   total_downsampling(description.spec), device,
+                                   self._network_thread(device),
                                    autocast_dtype(self.precision, device))
         computed = time.perf_counter()
         target[meta.key(item.t, item.c, item.start, item.stop)] = self.encoding.encode(result, item.c)
         (self.partial / DONE_DIR / item.name).touch()
         return BlockTimes(item.voxels, read_done - tick, computed - read_done, time.perf_counter() - computed)
+
+    def _network_thread(self, device: torch.device) -> Executor | None:
+        """The thread that runs the network on the CPU; none on a GPU."""
+        if device.type != "cpu":
+            return None
+        return network_thread(self.torch_threads or _worker_threads())
 
 
 @contextlib.contextmanager
@@ -461,10 +482,8 @@ def predict_part(raw_zarr: Path, model_dir: Path, dst: Path, block_shape: Mappin
     log.info("predict %s part %d/%d: %d of %d blocks of %s (halo %s, grid %s), %d already done; output %s; "
              "network in %s on %s", raw_zarr, part + 1, parts, len(mine), len(blocks), block, halo, grid,
              len(mine) - len(pending), encoding.dtype, arithmetic_name(autocast_dtype(precision, torch_device)), where)
-    on_cpu_here = torch_device.type == "cpu" and not scheduler_address
-    network_thread = ThreadPoolExecutor(1, "n2vpipe-network") if on_cpu_here else None
     job = BlockJob(Path(raw_zarr), Path(model_dir), weights_digest, partial, halo, device, precision, encoding,
-                   network_thread)
+                   None if scheduler_address else max(1, threads))
     stats = PredictionStats()
     progress = BlockProgress(len(pending), sum(b.voxels for b in pending))
 
@@ -476,8 +495,6 @@ def predict_part(raw_zarr: Path, model_dir: Path, dst: Path, block_shape: Mappin
         run_block_jobs(job, pending, finished, threads, scheduler_address)
     finally:
         progress.close()
-        if network_thread:
-            network_thread.shutdown()
     stats.wall_s = time.monotonic() - started
     log.info("predict part %d/%d: %s", part + 1, parts, stats.summary())
     return stats
