@@ -112,7 +112,7 @@ def clocked_loss(*loss_args, **loss_kwargs):
 
 train.masked_loss = clocked_loss
 config = train.TrainConfig(patch=dict(zip("zyx", args["patch"])), batch_size=args["batch"],
-                           steps=args["warmup"] + args["steps"] + 1, depth=2, base_filters=32,
+                           steps=args["warmup"] + args["steps"] + 1, depth=2, base_filters=32, batch_norm=True,
                            pooling=[[2, 2, 2], [2, 2, 2]], validation_fraction=0.0,
                            validate_every=10**9, checkpoint_every=10**9, device="cpu",
                            precision=args.get("precision", "auto"))
@@ -137,7 +137,8 @@ import n2vpipe.train as train
 
 args = json.loads(sys.argv[1])
 config = train.TrainConfig(patch=dict(zip("zyx", args["patch"])), batch_size=args["batch"], steps=args["steps"],
-                           depth=2, base_filters=32, pooling=[[2, 2, 2], [2, 2, 2]], validation_fraction=0.0,
+                           depth=2, base_filters=32, batch_norm=True, pooling=[[2, 2, 2], [2, 2, 2]],
+                           validation_fraction=0.0,
                            validate_every=10**9, checkpoint_every=10**9, device="cpu")
 profiler = cProfile.Profile()
 with tempfile.TemporaryDirectory() as work, profile(activities=[ProfilerActivity.CPU]) as ops:

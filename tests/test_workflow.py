@@ -23,6 +23,7 @@ pytestmark = pytest.mark.workflow
 TINY_CONFIG = {
     "ingest": {"chunks": {"z": 16, "y": 32, "x": 32}},
     "train": {"patch": {"z": 16, "y": 32, "x": 32}, "batch_size": 4, "steps": 80, "base_filters": 8,
+              "batch_norm": True,
               "masked_fraction": 0.02, "learning_rate": 0.002, "validate_every": 20, "checkpoint_every": 40},
     "predict": {"block": {"z": 16, "y": 32, "x": 32}, "pyramid_levels": 2, "jobs": 2},
     "threads": {"ingest": 1, "train": 2, "predict": 2},

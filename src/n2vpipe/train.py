@@ -56,7 +56,7 @@ class TrainConfig:
     loss: Literal["mse", "l1"] = "mse"
     depth: int = 2
     base_filters: int = 32
-    batch_norm: bool = True
+    batch_norm: bool = False
     pooling: str | list[list[int]] = "auto"
     seed: int = 0
     validation_fraction: float = 0.1
