@@ -1,14 +1,20 @@
-"""bfloat16 against float32: what the faster arithmetic costs in denoising quality, side by side.
+"""bfloat16 (and float16) against float32: what the faster arithmetic costs in denoising quality, side by side.
 
 On the Poisson–Gaussian volume of ``quality_poisson_gaussian.py`` (default 32x128x128, 33.5
-photons), n2vpipe trains once per arithmetic (``train.precision`` float32, then bfloat16) for the
-same wall-clock budget, and each model predicts the volume in both arithmetics
-(``predict.precision``). The table gives PSNR against the ground truth, steps done, predict time
-and the largest difference between the two predictions of one model. Writes
+photons), n2vpipe trains once per arithmetic (``train.precision`` float32, then bfloat16, then
+any others asked for) for the same wall-clock budget, and each model predicts the volume in every
+arithmetic (``predict.precision``). The table gives PSNR against the ground truth, steps done,
+predict time and the largest difference between a model's prediction and its float32 one. Writes
 results/precision_quality.json, .md and .png.
 
     python benchmarks/precision_quality.py [--minutes 2] [--shape 32x128x128] [--threads 2]
         [--n2vpipe-set KEY=VALUE ...] [--name precision_quality]
+
+On a GPU node, the CUDA path (autocast, float16 with its loss scaler, pinned memory, cuDNN's
+autotuner) in a few minutes:
+
+    python benchmarks/precision_quality.py --device cuda --precisions float32,bfloat16,float16 \
+        --shape 64x256x256 --minutes 2 --n2vpipe-set base_filters=32 --name precision_quality_gpu
 """
 
 from __future__ import annotations
@@ -29,7 +35,15 @@ from n2vpipe.io import ImageMeta, blosc_compressor, create_ome_zarr, open_ome_za
 from n2vpipe.predict import predict_volume
 from n2vpipe.train import TrainConfig, cpu_has_amx_bf16, train_n2v
 
-PRECISIONS = ("float32", "bfloat16")
+PRECISIONS = ("float32", "bfloat16", "float16")
+
+
+def parse_precisions(text: str) -> tuple[str, ...]:
+    """``float32,bfloat16[,float16]``: float32 first, the reference the others are compared with."""
+    names = tuple(text.split(","))
+    if names[0] != "float32" or not set(names) <= set(PRECISIONS) or len(set(names)) != len(names):
+        raise argparse.ArgumentTypeError(f"{text!r}: float32 first, then any of {PRECISIONS[1:]}, each once")
+    return names
 
 
 def parse_args() -> argparse.Namespace:
@@ -39,20 +53,23 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--photons", type=float, default=DEFAULT_PHOTONS)
     parser.add_argument("--minutes", type=float, default=2.0, help="training budget per arithmetic")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    parser.add_argument("--precisions", type=parse_precisions, default=PRECISIONS[:2],
+                        help="comma-separated, float32 first (default float32,bfloat16)")
     parser.add_argument("--name", default="precision_quality", help="results/<name>.json, .md, .png")
     parser.add_argument("--n2vpipe-set", type=parse_setting, action="append", default=[], metavar="KEY=VALUE",
                         help="override one TrainConfig setting (value as JSON when it parses)")
     args = parser.parse_args()
-    args.config = {**N2VPIPE_DEFAULTS, **dict(args.n2vpipe_set), "max_minutes": args.minutes}
+    args.config = {**N2VPIPE_DEFAULTS, **dict(args.n2vpipe_set), "max_minutes": args.minutes, "device": args.device}
     return args
 
 
-def denoise(folder: Path, model: Path, precision: str, threads: int) -> tuple[np.ndarray, float]:
+def denoise(folder: Path, model: Path, precision: str, args: argparse.Namespace) -> tuple[np.ndarray, float]:
     """Predict the volume with ``model`` in ``precision``; return it and the seconds it took."""
     start = time.perf_counter()
     output = folder / f"{model.name}-{precision}.ome.zarr"
-    predict_volume(folder / "noisy.ome.zarr", model, output, schema_default("predict", "block"), threads=threads,
-                   device="cpu", precision=precision)
+    predict_volume(folder / "noisy.ome.zarr", model, output, schema_default("predict", "block"),
+                   threads=args.threads, device=args.device, precision=precision)
     seconds = time.perf_counter() - start
     return np.asarray(open_ome_zarr(output)[0][...], dtype=np.float32), seconds
 
@@ -65,17 +82,17 @@ def measure(args: argparse.Namespace, truth: np.ndarray, noisy: np.ndarray) -> l
         meta = ImageMeta("zyx", noisy.shape, "float32", (1.0, 1.0, 1.0))
         create_ome_zarr(folder / "noisy.ome.zarr", meta, (32, 128, 128), blosc_compressor("zstd", 5),
                         "noisy")[...] = noisy
-        for trained_in in PRECISIONS:
+        for trained_in in args.precisions:
             before = load_average()
             model = folder / f"model-{trained_in}"
             history = train_n2v(folder / "noisy.ome.zarr", model, TrainConfig.from_mapping(
                 {**args.config, "precision": trained_in}), threads=args.threads).history
-            outputs = {p: denoise(folder, model, p, args.threads) for p in PRECISIONS}
-            gap = float(np.abs(outputs["bfloat16"][0] - outputs["float32"][0]).max() / np.ptp(truth))
+            outputs = {p: denoise(folder, model, p, args) for p in args.precisions}
             for predicted_in, (denoised, seconds) in outputs.items():
+                gap = float(np.abs(denoised - outputs["float32"][0]).max() / np.ptp(truth))
                 rows.append({"trained_in": trained_in, "predicted_in": predicted_in, "psnr": psnr(denoised, truth),
                              "steps": history["steps_done"], "train_s": history["elapsed_s"],
-                             "predict_s": round(seconds, 2), "max_diff_between_predictions": gap,
+                             "predict_s": round(seconds, 2), "max_diff_to_float32_prediction": gap,
                              "load_before": before, "load_after": load_average()})
                 print(rows[-1], flush=True)
     return rows
@@ -83,14 +100,14 @@ def measure(args: argparse.Namespace, truth: np.ndarray, noisy: np.ndarray) -> l
 
 def markdown(rows: list[dict[str, Any]], machine: str, args: argparse.Namespace, input_psnr: float) -> list[str]:
     """The results page."""
-    lines = [f"# bfloat16 vs float32 arithmetic: denoising quality ({machine})", "",
+    lines = [f"# {' / '.join(args.precisions)} arithmetic: denoising quality ({machine})", "",
              (f"{shape_text(args.shape)} Poisson–Gaussian volume at {args.photons:g} photons (input "
               f"{input_psnr:.2f} dB), {args.minutes:g} min of training per arithmetic, {args.threads} threads; "
               f"config {args.config}."), "",
-             ("| trained in | predicted in | PSNR dB | steps | train s | predict s | max difference of the model's "
-              "two predictions / data range | load before -> after |"), "|---|---|---|---|---|---|---|---|"]
+             ("| trained in | predicted in | PSNR dB | steps | train s | predict s | max difference to the model's "
+              "float32 prediction / data range | load before -> after |"), "|---|---|---|---|---|---|---|---|"]
     lines += [(f"| {r['trained_in']} | {r['predicted_in']} | {r['psnr']:.3f} | {r['steps']} | {r['train_s']:.0f} | "
-               f"{r['predict_s']} | {r['max_diff_between_predictions']:.2e} | {r['load_before']} -> "
+               f"{r['predict_s']} | {r['max_diff_to_float32_prediction']:.2e} | {r['load_before']} -> "
                f"{r['load_after']} |") for r in rows]
     return lines
 
@@ -104,7 +121,8 @@ def plot(rows: list[dict[str, Any]], input_psnr: float, png: Path) -> None:
 
     fig, ax = plt.subplots(figsize=(7, 4))
     labels = [f"train {r['trained_in']}\npredict {r['predicted_in']}\n({r['steps']} steps)" for r in rows]
-    ax.bar(labels, [r["psnr"] for r in rows], color=["tab:cyan", "tab:cyan", "tab:blue", "tab:blue"])
+    colours = dict(zip(PRECISIONS, ("tab:cyan", "tab:blue", "tab:purple")))
+    ax.bar(labels, [r["psnr"] for r in rows], color=[colours[r["trained_in"]] for r in rows])
     for index, row in enumerate(rows):
         ax.text(index, row["psnr"] + 0.1, f"{row['psnr']:.2f}", ha="center", fontsize=9)
     low = min(r["psnr"] for r in rows)
@@ -122,6 +140,8 @@ def main() -> None:
     input_psnr = psnr(noisy, truth)
     rows = measure(args, truth, noisy)
     machine = f"{cpu_model()}, {os.cpu_count()} cores, {'with' if cpu_has_amx_bf16() else 'without'} AMX"
+    if args.device == "cuda":
+        machine = f"{torch.cuda.get_device_name(0)} (CPU: {machine})"
     png = save_results(args.name, machine, rows, markdown(rows, machine, args, input_psnr))
     plot(rows, input_psnr, png)
 
