@@ -18,10 +18,10 @@ from n2vpipe.ingest import ingest_tiff
 from n2vpipe.io import open_ome_zarr, partial_path
 from n2vpipe.predict import (
     OutputEncoding,
+    cpu_network_thread,
     finalize_prediction,
     fuse_batch_norm,
     inference_model,
-    network_thread,
     part_of,
     predict_volume,
 )
@@ -80,9 +80,9 @@ def test_distributed_workers_give_the_threaded_result(trained: tuple[Path, Path]
 
     def network_thread_of_two_worker_threads() -> tuple[bool, int]:
         """On a worker: whether its network thread for 2 task threads was running, and its torch threads."""
-        before = network_thread.cache_info().currsize
-        torch_threads = network_thread(2).submit(torch.get_num_threads).result()
-        return before >= 1 and network_thread.cache_info().currsize == before, torch_threads
+        before = cpu_network_thread.cache_info().currsize
+        torch_threads = cpu_network_thread(2).submit(torch.get_num_threads).result()
+        return before >= 1 and cpu_network_thread.cache_info().currsize == before, torch_threads
 
     with LocalCluster(n_workers=2, threads_per_worker=2, processes=True, dashboard_address=None) as cluster:
         stats = predict_volume(raw, model, dst, BLOCK, scheduler_address=cluster.scheduler_address)

@@ -309,7 +309,7 @@ def inference_model(model_dir: Path, weights_digest: str, device: torch.device) 
 
 
 @functools.cache
-def network_thread(torch_threads: int) -> ThreadPoolExecutor:
+def cpu_network_thread(torch_threads: int) -> ThreadPoolExecutor:
     """This process's thread for forward passes on the CPU on ``torch_threads`` threads (see
     :func:`denoise_with_halo`); block tasks on any number of other threads read and write alongside it."""
     return ThreadPoolExecutor(1, "n2vpipe-network", initializer=torch.set_num_threads, initargs=(torch_threads,))
@@ -327,7 +327,7 @@ class BlockJob:
     """Reads one block with its halo, denoises it, writes its chunks of the partial output and marks it done.
 
     Picklable, so ``dask.distributed`` workers can run it: they open the arrays,
-    load the model and start their :func:`network_thread` themselves. On the CPU the
+    load the model and start their :func:`cpu_network_thread` themselves. On the CPU the
     network runs on ``torch_threads`` threads; ``None``: as many as the worker has.
     """
 
@@ -374,7 +374,7 @@ class BlockJob:
         """The thread that runs the network on the CPU; none on a GPU."""
         if device.type != "cpu":
             return None
-        return network_thread(self.torch_threads or _worker_threads())
+        return cpu_network_thread(self.torch_threads or _worker_threads())
 
 
 @contextlib.contextmanager
