@@ -363,6 +363,42 @@ def open_ome_zarr(path: Path, level: int = 0) -> tuple[zarr.Array, ImageMeta]:
     return array, ImageMeta(axes, tuple(array.shape), str(array.dtype), tuple(scale), unit)
 
 
+def _chunk_key(array: zarr.Array, coords: Sequence[int]) -> str:
+    """The store key of the chunk at grid position ``coords`` (e.g. ``0/3/1/2``)."""
+    metadata = array.metadata
+    if metadata.zarr_format == 2:
+        separator = metadata.dimension_separator or "."
+        return separator.join(map(str, coords))
+    return metadata.chunk_key_encoding.encode_chunk_key(tuple(coords))
+
+
+def _undecodable_chunks(array: zarr.Array, key: tuple[Any, ...]) -> list[str]:
+    """Keys of the chunks under ``key`` (ints and step-1 slices) that fail to decode, each read alone."""
+    ranges = []
+    for index, size, chunk in zip(key, array.shape, array.chunks):
+        start, stop = (index, index + 1) if isinstance(index, (int, np.integer)) else index.indices(size)[:2]
+        ranges.append(range(start // chunk, -(-stop // chunk)))
+    bad = []
+    for coords in itertools.product(*ranges):
+        try:
+            array.blocks[coords]
+        except (RuntimeError, ValueError):
+            bad.append(_chunk_key(array, coords))
+    return bad
+
+
+def read_region(array: zarr.Array, key: tuple[Any, ...]) -> np.ndarray:
+    """``array[key]`` as numpy; a chunk that cannot be decoded raises :class:`InputError` naming the
+    store (the acquisition's OME-Zarr), the array inside it and the chunk key(s)."""
+    try:
+        return np.asarray(array[key])
+    except (RuntimeError, ValueError) as err:
+        chunks = _undecodable_chunks(array, key) or ["(none alone: the region as a whole)"]
+        root = str(array.store_path).removeprefix("file://").removesuffix(f"/{array.path}")
+        raise InputError(f"{root}: array {array.path!r}: chunk {', '.join(chunks)} cannot be decoded ({err}); "
+                         "the store is damaged: restore it, or delete it so that it is written again") from err
+
+
 def sample_voxels(array: zarr.Array, meta: ImageMeta, channel: int, rng: np.random.Generator,
                   max_chunks: int = 64, samples_per_chunk: int = 4096) -> np.ndarray:
     """Voxel values of one channel sampled over the whole volume: ``max_chunks`` random chunks, a random subset of each."""
@@ -373,7 +409,7 @@ def sample_voxels(array: zarr.Array, meta: ImageMeta, channel: int, rng: np.rand
         t = int(rng.integers(meta.size("t")))
         start = tuple(int(rng.integers(g)) * c for g, c in zip(grid, spatial_chunks))
         stop = tuple(min(s + c, n) for s, c, n in zip(start, spatial_chunks, meta.spatial_shape))
-        block = np.asarray(array[meta.key(t, channel, start, stop)]).ravel()
+        block = read_region(array, meta.key(t, channel, start, stop)).ravel()
         values.append(rng.choice(block, size=min(samples_per_chunk, block.size), replace=False))
     return np.concatenate(values).astype(np.float64)
 
