@@ -8,6 +8,7 @@ of ``tczyx``. Outputs are NGFF 0.4 (Zarr v2, ``/`` separated chunks), which napa
 from __future__ import annotations
 
 import contextlib
+import errno
 import itertools
 import json
 import logging
@@ -458,11 +459,50 @@ def remove_path(path: Path) -> None:
         path.unlink()
 
 
-def write_json(path: Path, payload: Mapping[str, Any]) -> None:
-    """Write ``payload`` as indented JSON, atomically."""
-    tmp = Path(path).with_name(Path(path).name + ".tmp")
-    tmp.write_text(json.dumps(payload, indent=2, sort_keys=True) + "\n")
+DISK_FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
+
+
+class DiskFullError(OSError):
+    """An output could not be written for lack of space (or quota); the message names the path."""
+
+
+@contextlib.contextmanager
+def reporting_disk_full(path: Path) -> Iterator[None]:
+    """Re-raise "no space left on device" (or over quota) while writing ``path`` as a
+    :class:`DiskFullError` that names it: the operating system's error names no file."""
+    try:
+        yield
+    except DiskFullError:
+        raise
+    except OSError as err:
+        if err.errno not in DISK_FULL_ERRNOS:
+            raise
+        raise DiskFullError(err.errno, f"{path}: no space left on device ({err.strerror}); free space there "
+                                       "or point results_dir elsewhere, then rerun") from err
+
+
+def write_bytes_atomic(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` through a temporary file beside it, renamed into place when complete.
+
+    A failed write (a full disk: :class:`DiskFullError` naming ``path``) leaves neither the
+    temporary file nor a partial ``path``.
+    """
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    try:
+        with reporting_disk_full(path), open(tmp, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
     os.replace(tmp, path)
+
+
+def write_json(path: Path, payload: Mapping[str, Any]) -> None:
+    """Write ``payload`` as indented JSON, atomically (see :func:`write_bytes_atomic`)."""
+    write_bytes_atomic(path, (json.dumps(payload, indent=2, sort_keys=True) + "\n").encode())
 
 
 def read_planes_zcyx(array: zarr.Array, meta: ImageMeta) -> Iterator[np.ndarray]:

@@ -8,6 +8,8 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
+from n2vpipe.io import DiskFullError
+
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 
@@ -16,8 +18,9 @@ def job_logging(log_file: str | Path) -> Iterator[logging.Logger]:
     """Send log records to ``log_file`` and stderr for the duration of one job.
 
     An exception escaping the job is written to the log (one line for bad
-    input, with traceback otherwise) before it propagates, so the job fails
-    and the log says why.
+    input and a full disk, with traceback otherwise) before it propagates, so
+    the job fails and the log says why. Python warnings (numpy's, torch's, …)
+    are logged too, so they reach the job's own log.
     """
     Path(log_file).parent.mkdir(parents=True, exist_ok=True)
     root = logging.getLogger()
@@ -27,15 +30,17 @@ def job_logging(log_file: str | Path) -> Iterator[logging.Logger]:
         root.addHandler(handler)
     root.setLevel(logging.INFO)
     logger = logging.getLogger("n2vpipe.job")
+    logging.captureWarnings(True)
     try:
         yield logger
-    except ValueError as err:
+    except (ValueError, DiskFullError) as err:
         logger.error("%s", err)
         raise
     except Exception:
         logger.exception("job failed")
         raise
     finally:
+        logging.captureWarnings(False)
         for handler in handlers:
             root.removeHandler(handler)
             handler.close()
