@@ -1,44 +1,221 @@
-"""Finding acquisitions in the input folder and resolving per-acquisition settings."""
+"""Finding acquisitions in the input folder, checking the input and results folders, and resolving
+per-acquisition settings."""
 
 from __future__ import annotations
 
 import copy
+import difflib
 import os
-import re
+import stat
+import string
+import tempfile
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from n2vpipe.io import acquisition_name
+from snakemake.io import PeriodicityDetector
 
-SAFE_NAME = r"[A-Za-z0-9][A-Za-z0-9_.\-]*"
-"""Acquisition names allowed as wildcards: letters, digits, ``_``, ``.``, ``-``; no leading dot."""
+from n2vpipe.io import InputError, acquisition_name, is_ome_zarr, plane_files
+
+SAFE_NAME = r"[A-Za-z0-9_][A-Za-z0-9_.\-]*"
+"""Acquisition names allowed as wildcards: letters, digits, ``_``, ``.``, ``-``; no leading dot or dash."""
+
+SAFE_CHARACTERS = frozenset(string.ascii_letters + string.digits + "_.-")
+"""The characters :data:`SAFE_NAME` allows."""
+
+SNAKEMAKE_PERIODICITY = PeriodicityDetector()
+"""Snakemake's own test for wildcard values it refuses (``PeriodicWildcardError`` aborts the whole DAG)."""
 
 
-def discover_acquisitions(input_dir: Path, patterns: Iterable[str]) -> tuple[dict[str, Path], list[str]]:
-    """Map acquisition names to input paths; return problems found as messages.
+@dataclass(frozen=True)
+class SkippedInput:
+    """An input left out of the run, and why."""
 
-    Files whose names are not :data:`SAFE_NAME`, and names claimed by two files,
-    are left out with a message naming them, so one odd file costs no other
-    acquisition its results.
+    path: Path
+    reason: str
+
+    def message(self) -> str:
+        """One line naming the input and the reason (``skipped input PATH: REASON``)."""
+        return f"skipped input {shown(self.path)}: {self.reason}"
+
+
+def shown(path: Path) -> str:
+    """``path`` as printed in messages: quoted (``repr``) when its name has unsafe characters, so
+    spaces, quotes and newlines stay visible and every message stays one line."""
+    if set(path.name) <= SAFE_CHARACTERS:
+        return str(path)
+    return repr(str(path))
+
+
+def repeated_tail(name: str) -> tuple[str, int] | None:
+    """The unit Snakemake finds periodically repeated at the end of ``name`` and how often, or ``None``."""
+    unit = SNAKEMAKE_PERIODICITY.is_periodic(name)
+    if unit is None:
+        return None
+    count = 0
+    while name.endswith(unit * (count + 1)):
+        count += 1
+    return unit, count
+
+
+def name_problem(name: str) -> str | None:
+    """Why ``name`` cannot be an acquisition name (a Snakemake wildcard value), or ``None`` when it can."""
+    if not name:
+        return "its name is empty once the TIFF/Zarr suffix is removed; rename it"
+    if name.startswith("-"):
+        return "its name starts with '-' (command-line tools would take it for an option); rename it"
+    unsafe = sorted(set(name) - SAFE_CHARACTERS)
+    if unsafe:
+        listed = ", ".join(repr(character) for character in unsafe)
+        return (f"its name contains {listed}; acquisition names may only use letters, digits, '_', '.', '-': "
+                "rename it")
+    tail = repeated_tail(name)
+    if tail is not None:
+        unit, count = tail
+        return (f"its name ends in {unit!r} repeated {count} times, which Snakemake refuses as a wildcard "
+                "value (PeriodicWildcardError): rename it")
+    return None
+
+
+def special_file_kind(mode: int) -> str:
+    """What a file that is neither a regular file nor a folder is, in words."""
+    if stat.S_ISFIFO(mode):
+        return "a named pipe (FIFO)"
+    if stat.S_ISSOCK(mode):
+        return "a socket"
+    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+        return "a device file"
+    return "not a regular file"
+
+
+def unreadable_reason(path: Path) -> str | None:
+    """Why the input at ``path`` cannot be read as an image, or ``None`` when it opens.
+
+    A folder must be an OME-Zarr image or hold .tif/.tiff plane files (an empty
+    folder is left to the arrival check: it may still be filling). Regular
+    files are opened (not read), so permissions, ACLs and mounts all have their say.
+    """
+    if path.is_symlink() and not path.exists():
+        return f"it is a symbolic link to {os.readlink(path)}, which does not exist; fix or remove the link"
+    try:
+        mode = path.stat().st_mode
+        if stat.S_ISDIR(mode):
+            if is_ome_zarr(path) or plane_files(path) or not any(path.iterdir()):
+                return None
+            return "it is a folder with neither .tif/.tiff plane files nor OME-Zarr metadata; move it away"
+        if not stat.S_ISREG(mode):
+            return f"it is {special_file_kind(mode)}, not an image file; move it away"
+        with open(path, "rb"):
+            return None
+    except PermissionError:
+        return "it cannot be read (permission denied); give the pipeline's user read access"
+    except OSError as error:
+        return f"it cannot be opened ({error.strerror}); check the file"
+
+
+def discover_acquisitions(input_dir: Path, patterns: Iterable[str]) -> tuple[dict[str, Path], list[SkippedInput]]:
+    """Map acquisition names to input paths; list the inputs left out and why.
+
+    Inputs whose names Snakemake or a shell cannot take safely, that cannot be
+    read, and names claimed by two inputs are left out, each with its reason,
+    so one odd file costs no other acquisition its results. Hidden files
+    (leading ``.``) are ignored. Raises :class:`InputError` when ``input_dir``
+    is not a folder.
     """
     input_dir = Path(input_dir)
-    found: dict[str, Path] = {}
-    problems: list[str] = []
     if not input_dir.is_dir():
-        return found, [f"input_dir {input_dir} does not exist or is not a folder"]
+        raise InputError(f"input_dir {input_dir} does not exist or is not a folder; mount it or fix input_dir")
+    found: dict[str, Path] = {}
+    skipped: list[SkippedInput] = []
     paths = sorted({p for pattern in patterns for p in input_dir.glob(pattern) if not p.name.startswith(".")})
     for path in paths:
         name = acquisition_name(path)
-        if not re.fullmatch(SAFE_NAME, name):
-            problems.append(f"{path}: skipped, acquisition names may only use letters, digits, '_', '.', '-'")
-        elif name in found:
-            problems.append(f"{path}: skipped, acquisition name {name!r} is already taken by {found[name]}")
-        else:
+        reason = name_problem(name) or unreadable_reason(path)
+        if reason is None and name in found:
+            reason = f"acquisition name {name!r} is already taken by {found[name]}; rename one of them"
+        if reason is None:
             found[name] = path
-    return found, problems
+        else:
+            skipped.append(SkippedInput(path, reason))
+    return found, skipped
+
+
+def described(configured: str | Path, resolved: Path) -> str:
+    """A configured path, followed by where it resolves to when that differs."""
+    return str(configured) if str(configured) == str(resolved) else f"{configured} (= {resolved})"
+
+
+def overlap_problem(input_dir: str | Path, results_dir: str | Path) -> str | None:
+    """Why ``results_dir`` and ``input_dir`` overlap (one is, contains or lies in the other), or ``None``.
+
+    Both are resolved (symbolic links, relative paths) before they are compared.
+    """
+    inputs, results = Path(os.path.realpath(input_dir)), Path(os.path.realpath(results_dir))
+    named = f"results_dir {described(results_dir, results)}"
+    if results == inputs:
+        relation = "is the same folder as"
+    elif results.is_relative_to(inputs):
+        relation = "lies inside"
+    elif inputs.is_relative_to(results):
+        relation = "contains"
+    else:
+        return None
+    return (f"{named} {relation} input_dir {described(input_dir, inputs)}; results must be kept apart from "
+            "the inputs: choose a results_dir outside input_dir")
+
+
+def unwritable_problem(results_dir: str | Path) -> str | None:
+    """Why ``results_dir`` cannot be created or written in, or ``None`` when it can.
+
+    An existing folder is tried by creating (and removing) a temporary file in
+    it; a missing one by its nearest existing parent, which must be a writable folder.
+    """
+    configured = results_dir
+    folder = Path(os.path.realpath(results_dir))
+    named = f"results_dir {described(configured, folder)}"
+    existing = folder
+    while not existing.exists():
+        existing = existing.parent
+    if existing == folder:
+        if not folder.is_dir():
+            return f"{named} exists and is not a folder; remove it or choose another results_dir"
+        try:
+            with tempfile.TemporaryFile(dir=folder, prefix=".n2vpipe-write-test-"):
+                return None
+        except OSError as error:
+            return f"{named} cannot be written in ({error.strerror}); fix its permissions or choose another"
+    if not existing.is_dir():
+        return f"{named} cannot be created: {existing} is a file, not a folder; choose another results_dir"
+    if not os.access(existing, os.W_OK | os.X_OK):
+        return f"{named} cannot be created: {existing} is not writable; fix its permissions or choose another"
+    return None
+
+
+def folder_problems(input_dir: str | Path, results_dir: str | Path) -> list[str]:
+    """Everything wrong with the input and results folders that makes any work impossible or unsafe."""
+    if not Path(input_dir).is_dir():
+        return [f"input_dir {input_dir} does not exist or is not a folder; mount it or fix input_dir"]
+    if not os.access(input_dir, os.R_OK | os.X_OK):
+        return [f"input_dir {input_dir} cannot be read (permission denied); give the pipeline's user access"]
+    overlap = overlap_problem(input_dir, results_dir)
+    if overlap is not None:
+        return [overlap]
+    unwritable = unwritable_problem(results_dir)
+    return [] if unwritable is None else [unwritable]
+
+
+def unmatched_overrides(override_names: Iterable[str], input_names: Collection[str]) -> list[str]:
+    """Warnings for ``acquisitions:`` override keys that name no input, each with the closest input name."""
+    warnings = []
+    for key in override_names:
+        if key in input_names:
+            continue
+        closest = difflib.get_close_matches(key, sorted(input_names), n=1)
+        hint = f"did you mean {closest[0]!r}?" if closest else "no input has a similar name"
+        warnings.append(f"acquisitions: {key!r} matches no input, so its settings are used by nothing; {hint}")
+    return warnings
 
 
 def deep_merge(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:

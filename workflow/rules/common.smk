@@ -4,6 +4,7 @@ import math
 
 import yaml
 
+from snakemake.exceptions import WorkflowError
 from snakemake.logging import logger
 
 from n2vpipe.io import is_ome_zarr
@@ -13,12 +14,20 @@ from n2vpipe.discover import (
     canonical,
     config_for,
     discover_acquisitions,
+    folder_problems,
     split_arrived,
+    unmatched_overrides,
 )
 
 SCHEMA = workflow.source_path("../../config/schema.yaml")
 RESULTS = config["results_dir"].rstrip("/")
-DISCOVERED, DISCOVERY_PROBLEMS = discover_acquisitions(config["input_dir"], config["input_patterns"])
+if not workflow.remote_exec:
+    # Before any work: results kept apart from the inputs, and writable. (Cluster jobs skip
+    # this: the submitting run checked it.) One line per problem, no traceback to read.
+    FOLDER_PROBLEMS = folder_problems(config["input_dir"], RESULTS)
+    if FOLDER_PROBLEMS:
+        raise WorkflowError("\n".join(f"n2vpipe: {problem}" for problem in FOLDER_PROBLEMS))
+DISCOVERED, SKIPPED = discover_acquisitions(config["input_dir"], config["input_patterns"])
 # Absolute input paths: Snakemake records them, so `input_dir: data/in` and `/abs/data/in`
 # (as cron passes it) must not look like a changed input.
 DISCOVERED = {name: Path(os.path.abspath(path)) for name, path in DISCOVERED.items()}
@@ -28,10 +37,18 @@ if workflow.remote_exec:
     ACQUISITIONS, PENDING = DISCOVERED, {}
 else:
     ACQUISITIONS, PENDING = split_arrived(DISCOVERED, ArrivalRule.from_mapping(config["arrival"]))
-for problem in DISCOVERY_PROBLEMS:
-    logger.warning(f"n2vpipe: {problem}")
-for name, reason in PENDING.items():
-    logger.warning(f"n2vpipe: {name}: not complete yet ({reason}); left for a later run")
+    # workflow/cron/n2vpipe-cron.sh reads these lines: the "discovery" line says the
+    # "skipped input" lines below it are the complete list of this run.
+    logger.info(
+        f"n2vpipe: discovery: {len(DISCOVERED)} acquisition(s) found in {config['input_dir']}, "
+        f"{len(SKIPPED)} input(s) skipped"
+    )
+    for skip in SKIPPED:
+        logger.warning(f"n2vpipe: {skip.message()}")
+    for name, reason in PENDING.items():
+        logger.warning(f"n2vpipe: {name}: not complete yet ({reason}); left for a later run")
+    for warning in unmatched_overrides(config["acquisitions"], DISCOVERED):
+        logger.warning(f"n2vpipe: {warning}")
 for name in config["acquisitions"]:
     validate(config_for(config, name), SCHEMA)
 
@@ -190,20 +207,21 @@ def outputs_of(acq):
     return targets
 
 
-def pending_summary():
-    """Lines naming acquisitions left for a later run."""
-    return [f"  {acq}: not complete yet ({reason}); left for a later run" for acq, reason in PENDING.items()]
+def left_out_summary():
+    """Lines naming acquisitions left for a later run, and inputs skipped (with the reason)."""
+    lines = [f"  {acq}: not complete yet ({reason}); left for a later run" for acq, reason in PENDING.items()]
+    return lines + [f"  {skip.message()}" for skip in SKIPPED]
 
 
 def outputs_summary():
     """What a finished run prints: where each acquisition's results are."""
     if not ACQUISITIONS:
         lines = [f"n2vpipe: no complete acquisitions matched {config['input_patterns']} in {config['input_dir']}"]
-        return "\n".join(lines + pending_summary())
+        return "\n".join(lines + left_out_summary())
     lines = [f"n2vpipe: results for {len(ACQUISITIONS)} acquisition(s) under {os.path.abspath(RESULTS)}"]
     for acq in ACQUISITIONS:
         lines.append(f"  {acq}: denoised.ome.zarr (open in napari/Fiji), model/, qc/comparison.png, logs/")
-    return "\n".join(lines + pending_summary())
+    return "\n".join(lines + left_out_summary())
 
 
 def failure_summary():
@@ -215,4 +233,4 @@ def failure_summary():
     ]
     for acq in unfinished:
         lines.append(f"  {acq}: logs in {os.path.abspath(os.path.join(RESULTS, acq, 'logs'))}")
-    return "\n".join(lines + pending_summary())
+    return "\n".join(lines + left_out_summary())
