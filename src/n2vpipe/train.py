@@ -4,22 +4,28 @@ Patches come from a bounded pool of chunk-aligned tiles read from the zarr, so
 memory is fixed by the config, not by the volume. Validation uses a spatially
 disjoint slab at the end of the longest axis; the weights with the lowest
 validation loss are the ones saved, and training can stop early once it stops
-improving. A checkpoint (weights, best weights, optimizer, RNG
-states, step) is written every ``checkpoint_every`` steps; a run started again
-on the same partial model folder resumes from it.
+improving. A checkpoint (weights, best weights, optimizer, every RNG state,
+the tiles in the patch pool, step) is written every ``checkpoint_every`` steps
+and when SIGTERM arrives (a scheduler's time limit); a run started again on the
+same partial model folder resumes from it and ends with the weights an
+uninterrupted run would have had.
 """
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import dataclasses
 import functools
+import io
 import logging
 import math
-import os
+import pickle
+import signal
 import sys
+import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -29,7 +35,16 @@ import torch
 import zarr
 from tqdm import tqdm
 
-from n2vpipe.io import ImageMeta, atomic_output, configure_zarr, open_ome_zarr, sample_voxels
+from n2vpipe.io import (
+    ImageMeta,
+    atomic_output,
+    configure_zarr,
+    open_ome_zarr,
+    read_region,
+    reporting_disk_full,
+    sample_voxels,
+    write_bytes_atomic,
+)
 from n2vpipe.masking import mask_batch, struct_offsets
 from n2vpipe.model_io import ModelDescription, Normalisation, save_model
 from n2vpipe.qc import plot_training_log
@@ -40,6 +55,12 @@ log = logging.getLogger(__name__)
 CHECKPOINT_FILE = "checkpoint.pt"
 LOG_FILE = "training_log.csv"
 LOG_COLUMNS = ("step", "train_loss", "val_loss", "learning_rate", "elapsed_s")
+CHECKPOINT_FORMAT = 2
+# Settings that change how a run goes but not what it computes (the workflow's RUN_ONLY train keys):
+# a checkpoint written under other values of these is resumed all the same.
+RUN_ONLY_SETTINGS = ("device", "checkpoint_every")
+# Signals after which training checkpoints at the end of its current step and exits (SLURM's time limit).
+STOP_SIGNALS = (signal.SIGTERM,)
 
 
 @dataclass(frozen=True)
@@ -224,11 +245,16 @@ def estimate_normalisation(array: zarr.Array, meta: ImageMeta, rng: np.random.Ge
     return Normalisation(tuple(means), tuple(stds))
 
 
+TileSource = tuple[int, int, tuple[int, ...]]
+"""Where a pool tile comes from: time point, channel and spatial origin."""
+
+
 class PatchPool:
     """A bounded pool of chunk-aligned tiles from which random patches are cut.
 
     Memory is ``pool_tiles`` tiles of about twice the patch size, whatever the
-    volume size; one tile is replaced every ``refresh_every`` batches.
+    volume size; one tile is replaced every ``refresh_every`` batches. Its
+    checkpoint form (:meth:`state_dict`) holds where the tiles come from, not their data.
     """
 
     def __init__(self, array: zarr.Array, meta: ImageMeta, region: Region, patch: tuple[int, ...],
@@ -241,27 +267,45 @@ class PatchPool:
         self.tile_shape = tuple(
             min(r, max(p, math.ceil(2 * p / c) * c)) for r, p, c in zip(region.shape, patch, chunks)
         )
-        self.tiles = [self._read_tile() for _ in range(pool_tiles)]
+        self.sources = [self._random_source() for _ in range(pool_tiles)]
+        self.tiles = [self._read_tile(source) for source in self.sources]
         self.batches_served = 0
 
-    def _read_tile(self) -> np.ndarray:
-        """Read one normalised tile at a random chunk-aligned origin inside the region."""
+    def _random_source(self) -> TileSource:
+        """A random time point, channel and chunk-aligned origin inside the region."""
         origin = []
         for start, stop, size, chunk in zip(self.region.start, self.region.stop, self.tile_shape, self.chunks):
             latest = stop - size
             aligned = list(range(start + (-start) % chunk, latest + 1, chunk)) or [latest]
             origin.append(int(self.rng.choice(aligned)))
-        box = Region(tuple(origin), tuple(o + s for o, s in zip(origin, self.tile_shape)))
         t = int(self.rng.integers(self.meta.size("t")))
         channel = int(self.rng.integers(self.meta.size("c")))
-        tile = np.asarray(self.array[self.meta.key(t, channel, box.start, box.stop)])
-        return self.normalisation.apply(tile, channel)
+        return t, channel, tuple(origin)
+
+    def _read_tile(self, source: TileSource) -> np.ndarray:
+        """The normalised tile at ``source``; an undecodable chunk names the store, array and chunk key."""
+        t, channel, origin = source
+        stop = tuple(o + s for o, s in zip(origin, self.tile_shape))
+        return self.normalisation.apply(read_region(self.array, self.meta.key(t, channel, origin, stop)), channel)
+
+    def state_dict(self) -> dict[str, Any]:
+        """Checkpoint form: where each tile comes from and how many batches were served."""
+        return {"sources": [[t, channel, list(origin)] for t, channel, origin in self.sources],
+                "batches_served": self.batches_served}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Inverse of :meth:`state_dict`: the tiles are read again from the volume."""
+        self.sources = [(int(t), int(channel), tuple(origin)) for t, channel, origin in state["sources"]]
+        self.tiles = [self._read_tile(source) for source in self.sources]
+        self.batches_served = int(state["batches_served"])
 
     def sample(self, count: int) -> np.ndarray:
         """Cut ``count`` random patches from the pool, refreshing one tile now and then."""
         self.batches_served += 1
         if self.batches_served % self.refresh_every == 0:
-            self.tiles[int(self.rng.integers(len(self.tiles)))] = self._read_tile()
+            replaced = int(self.rng.integers(len(self.tiles)))
+            self.sources[replaced] = self._random_source()
+            self.tiles[replaced] = self._read_tile(self.sources[replaced])
         patches = np.empty((count, *self.patch), dtype=np.float32)
         for i in range(count):
             tile = self.tiles[int(self.rng.integers(len(self.tiles)))]
@@ -367,50 +411,145 @@ def _masked_tensors(batch: np.ndarray, config: TrainConfig, rng: np.random.Gener
     return tuple(to_device(a[:, None], device, layout) for a in (inputs, batch, masks.astype(np.float32)))
 
 
-def _save_checkpoint(path: Path, step: int, model: UNet, optimizer: torch.optim.Optimizer,
-                     scaler: torch.amp.GradScaler, rng: np.random.Generator, elapsed: float, config: TrainConfig,
-                     best: BestValidation) -> None:
-    """Write a resumable checkpoint atomically (tensors and plain values only)."""
-    state = {
-        "config": config.to_dict(),
-        "step": step,
-        "elapsed_s": elapsed,
-        "model": model.state_dict(),
-        "best": best.state_dict(),
-        "optimizer": optimizer.state_dict(),
-        "grad_scaler": scaler.state_dict(),
-        "numpy_rng": rng.bit_generator.state,
-        "torch_rng": torch.get_rng_state(),
-    }
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(state, tmp)
-    os.replace(tmp, path)
+@dataclass
+class TrainingState:
+    """What a checkpoint holds besides the step counters: everything a resumed run needs to take the
+    steps an uninterrupted run would have taken (the validation batch comes from the seed alone)."""
+
+    model: UNet
+    optimizer: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler
+    rng: np.random.Generator
+    pool: PatchPool
+    best: BestValidation
+
+    def state_dict(self) -> dict[str, Any]:
+        """Checkpoint form: tensors and plain values only."""
+        state = {
+            "model": self.model.state_dict(),
+            "best": self.best.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "grad_scaler": self.scaler.state_dict(),
+            "numpy_rng": self.rng.bit_generator.state,
+            "torch_rng": torch.get_rng_state(),
+            "pool": self.pool.state_dict(),
+        }
+        if torch.cuda.is_initialized():
+            state["cuda_rng"] = torch.cuda.get_rng_state_all()
+        return state
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Inverse of :meth:`state_dict`."""
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        if state["grad_scaler"]:
+            self.scaler.load_state_dict(state["grad_scaler"])
+        self.best.load_state_dict(state["best"])
+        self.rng.bit_generator.state = state["numpy_rng"]
+        torch.set_rng_state(state["torch_rng"])
+        if "cuda_rng" in state and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state["cuda_rng"])
+        self.pool.load_state_dict(state["pool"])
 
 
-def _resume(checkpoint: Path, config: TrainConfig, model: UNet, optimizer: torch.optim.Optimizer,
-            scaler: torch.amp.GradScaler, rng: np.random.Generator, best: BestValidation,
-            device: torch.device) -> tuple[int, float]:
-    """Restore state from ``checkpoint`` if it was written with the same settings.
+@dataclass(frozen=True)
+class LoopPosition:
+    """Where the optimisation loop stands: steps done, seconds spent, and the training loss summed
+    since the last log row (so the rows after a resume are those of an uninterrupted run)."""
 
-    Returns the step and elapsed seconds to continue from; ``(0, 0.0)`` for a fresh start.
-    A checkpoint from other settings (the config was edited) is discarded.
+    step: int = 0
+    elapsed_s: float = 0.0
+    running_loss: float = 0.0
+    running_count: int = 0
+
+
+def resumable_settings(settings: Mapping[str, Any]) -> dict[str, Any]:
+    """``settings`` without :data:`RUN_ONLY_SETTINGS`: what must match for a checkpoint to be resumed."""
+    return {key: value for key, value in settings.items() if key not in RUN_ONLY_SETTINGS}
+
+
+def _save_checkpoint(path: Path, config: TrainConfig, position: LoopPosition, state: TrainingState) -> None:
+    """Write a resumable checkpoint atomically; a full disk raises :class:`~n2vpipe.io.DiskFullError`
+    naming ``path`` and leaves the previous checkpoint as it was."""
+    buffer = io.BytesIO()
+    torch.save({"format": CHECKPOINT_FORMAT, "config": config.to_dict(), **dataclasses.asdict(position),
+                **state.state_dict()}, buffer)
+    write_bytes_atomic(path, buffer.getvalue())
+
+
+def _changed_settings(saved: Mapping[str, Any], current: Mapping[str, Any]) -> list[str]:
+    """``name: old -> new`` for each resumable setting that differs."""
+    saved, current = resumable_settings(saved), resumable_settings(current)
+    return [f"{key}: {saved.get(key)!r} -> {current.get(key)!r}"
+            for key in sorted(set(saved) | set(current)) if saved.get(key) != current.get(key)]
+
+
+def _resume(checkpoint: Path, config: TrainConfig, state: TrainingState, device: torch.device) -> LoopPosition:
+    """Restore ``state`` from ``checkpoint`` if it was written with the same settings (run-only
+    settings aside) and return where the loop continues; a fresh start when there is none.
+
+    A checkpoint from other settings (the config was edited), from another version of the
+    format, or one that cannot be read is discarded, and the log says why.
     """
     if not checkpoint.exists():
-        return 0, 0.0
-    state = torch.load(checkpoint, map_location=device, weights_only=True)
-    if state.get("config") != config.to_dict():
-        log.info("discarding %s: it was written with other training settings", checkpoint)
+        return LoopPosition()
+    try:
+        saved = torch.load(checkpoint, map_location=device, weights_only=True)
+    except (RuntimeError, pickle.UnpicklingError, EOFError) as error:
+        log.warning("discarding %s: it cannot be read (%s); training starts afresh", checkpoint, error)
         checkpoint.unlink()
-        return 0, 0.0
-    model.load_state_dict(state["model"])
-    optimizer.load_state_dict(state["optimizer"])
-    if state.get("grad_scaler"):
-        scaler.load_state_dict(state["grad_scaler"])
-    best.load_state_dict(state["best"])
-    rng.bit_generator.state = state["numpy_rng"]
-    torch.set_rng_state(state["torch_rng"])
-    log.info("resuming from %s at step %d", checkpoint, state["step"])
-    return int(state["step"]), float(state["elapsed_s"])
+        return LoopPosition()
+    if saved.get("format") != CHECKPOINT_FORMAT:
+        log.warning("discarding %s: it was written by another version of n2vpipe; training starts afresh",
+                    checkpoint)
+        checkpoint.unlink()
+        return LoopPosition()
+    changed = _changed_settings(saved["config"], config.to_dict())
+    if changed:
+        log.warning("discarding %s: it was written with other training settings (%s); training starts afresh",
+                    checkpoint, "; ".join(changed))
+        checkpoint.unlink()
+        return LoopPosition()
+    state.load_state_dict(saved)
+    log.info("resuming from %s at step %d", checkpoint, saved["step"])
+    return LoopPosition(int(saved["step"]), float(saved["elapsed_s"]), float(saved["running_loss"]),
+                        int(saved["running_count"]))
+
+
+class StoppedBySignal(SystemExit):
+    """Training stopped by a signal after checkpointing; the process exits with ``128 + signal``,
+    as a process killed by it would, so the job counts as failed and its rerun resumes."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(128 + signum)
+        self.signum = signum
+
+
+@dataclass
+class StopRequest:
+    """The stop signal received, if any (set by the signal handler, read at the end of each step)."""
+
+    signum: int | None = None
+
+    def __call__(self, signum: int, _frame: object) -> None:
+        """Signal handler: remember the signal, let the current step finish."""
+        self.signum = signum
+
+
+@contextlib.contextmanager
+def stop_requests(signals: tuple[signal.Signals, ...] = STOP_SIGNALS) -> Iterator[StopRequest]:
+    """Catch ``signals`` while the block runs, as a :class:`StopRequest`; the previous handlers come back
+    afterwards. Outside the main thread (where Python takes no handlers) nothing is caught."""
+    request = StopRequest()
+    if threading.current_thread() is not threading.main_thread():
+        yield request
+        return
+    previous = {number: signal.signal(number, request) for number in signals}
+    try:
+        yield request
+    finally:
+        for number, handler in previous.items():
+            signal.signal(number, handler)
 
 
 def _validation_loss(model: UNet, val_batch: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None,
@@ -435,6 +574,8 @@ def train_n2v(zarr_path: Path, model_dir: Path, config: TrainConfig, threads: in
     region, the weights saved are those with the lowest validation loss, not
     the last ones; the history records ``best_step``, ``best_val_loss`` and
     ``stopped_by`` (``steps``, ``max_minutes`` or ``early_stopping``).
+    SIGTERM checkpoints at the end of the current step and raises :class:`StoppedBySignal`;
+    the partial folder stays for the rerun to resume from.
     """
     configure_zarr(threads)
     torch.set_num_threads(max(1, threads))
@@ -465,16 +606,17 @@ def train_n2v(zarr_path: Path, model_dir: Path, config: TrainConfig, threads: in
     optimizer = torch.optim.Adam(model.parameters(), lr=config.learning_rate)
     arithmetic = autocast_dtype(config.precision, device)
     scaler = torch.amp.GradScaler(device.type, enabled=arithmetic is torch.float16)
-    best = BestValidation(config.early_stopping_min_delta)
+    state = TrainingState(model, optimizer, scaler, rng, pool, BestValidation(config.early_stopping_min_delta))
     with atomic_output(model_dir, keep_partial_on_error=True) as partial:
         partial.mkdir(parents=True, exist_ok=True)
         checkpoint = partial / CHECKPOINT_FILE
-        step, elapsed_before = _resume(checkpoint, config, model, optimizer, scaler, rng, best, device)
+        position = _resume(checkpoint, config, state, device)
         try:
-            history = _run_steps(model, optimizer, scaler, arithmetic, pool, val_batch, config, rng, device,
-                                 partial, step, elapsed_before, best)
+            with stop_requests() as stop:
+                history = _run_steps(state, arithmetic, val_batch, config, device, partial, position, stop)
         except FloatingPointError as error:
             raise FloatingPointError(f"{zarr_path}: {error}") from error
+        best = state.best
         if best.weights is not None:
             model.load_state_dict(best.weights)
             log.info("keeping the weights of step %d (lowest validation loss %.4f)", best.step, best.loss)
@@ -485,18 +627,19 @@ def train_n2v(zarr_path: Path, model_dir: Path, config: TrainConfig, threads: in
                                        history=history)
         model.eval()
         save_model(model, description, partial)
-        checkpoint.unlink(missing_ok=True)
         plot_training_log(partial / LOG_FILE, partial / "loss.png", title=Path(zarr_path).parent.name)
+        checkpoint.unlink(missing_ok=True)
     return description
 
 
 def _truncate_log(log_path: Path, last_step: int) -> None:
-    """Drop log rows written after the checkpoint a run resumes from."""
+    """Drop log rows written after the checkpoint a run resumes from (and a row cut short by a full disk)."""
     with open(log_path, newline="") as handle:
         rows = list(csv.reader(handle))
-    kept = [rows[0]] + [row for row in rows[1:] if int(row[0]) <= last_step]
-    with open(log_path, "w", newline="") as handle:
-        csv.writer(handle).writerows(kept)
+    kept = [rows[0]] + [row for row in rows[1:] if len(row) == len(LOG_COLUMNS) and int(row[0]) <= last_step]
+    text = io.StringIO(newline="")
+    csv.writer(text).writerows(kept)
+    write_bytes_atomic(log_path, text.getvalue().encode())
 
 
 def _diverged(what: str, step: int, arithmetic: torch.dtype | None, learning_rate: float) -> FloatingPointError:
@@ -507,36 +650,37 @@ def _diverged(what: str, step: int, arithmetic: torch.dtype | None, learning_rat
         "or set train.precision: float32")
 
 
-def _run_steps(model: UNet, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler,
-               arithmetic: torch.dtype | None, pool: PatchPool, val_batch: Any, config: TrainConfig,
-               rng: np.random.Generator, device: torch.device, folder: Path, first_step: int, elapsed_before: float,
-               best: BestValidation) -> dict[str, Any]:
+def _run_steps(state: TrainingState, arithmetic: torch.dtype | None, val_batch: Any, config: TrainConfig,
+               device: torch.device, folder: Path, start: LoopPosition, stop: StopRequest) -> dict[str, Any]:
     """The optimisation loop; appends to the CSV log, tracks the best validation and checkpoints as it goes.
 
     The network runs under autocast to ``arithmetic`` (:func:`autocast_dtype`; ``None``: float32).
-    In float16, ``scaler`` scales the loss so that small gradients do not underflow and skips
-    the steps whose gradients overflowed (bfloat16 and float32 need neither: it is disabled)."""
+    In float16, ``state.scaler`` scales the loss so that small gradients do not underflow and skips
+    the steps whose gradients overflowed (bfloat16 and float32 need neither: it is disabled).
+    A signal caught by ``stop`` checkpoints at the end of the step and raises :class:`StoppedBySignal`."""
+    model, optimizer, scaler, rng, best = state.model, state.optimizer, state.scaler, state.rng, state.best
     log_path = folder / LOG_FILE
-    new_log = first_step == 0 or not log_path.exists()
+    new_log = start.step == 0 or not log_path.exists()
     if not new_log:
-        _truncate_log(log_path, first_step)
-    started = time.monotonic() - elapsed_before
+        _truncate_log(log_path, start.step)
+    started = time.monotonic() - start.elapsed_s
     stop_reason = "steps"
     model.train()
-    running, running_count = torch.zeros((), dtype=torch.float64, device=device), 0
-    with open(log_path, "w" if new_log else "a", newline="") as handle, tqdm(
-        total=config.steps, initial=first_step, desc="train", unit="step", disable=None,
+    running = torch.tensor(start.running_loss, dtype=torch.float64, device=device)
+    running_count = start.running_count
+    with reporting_disk_full(log_path), open(log_path, "w" if new_log else "a", newline="") as handle, tqdm(
+        total=config.steps, initial=start.step, desc="train", unit="step", disable=None,
         file=sys.stderr, mininterval=1,
     ) as progress:
         writer = csv.writer(handle)
         if new_log:
             writer.writerow(LOG_COLUMNS)
-        step = first_step
+        step = start.step
         while step < config.steps:
             learning_rate = learning_rate_at(config, budget_progress(config, step, time.monotonic() - started))
             for group in optimizer.param_groups:
                 group["lr"] = learning_rate
-            batch = augment(pool.sample(config.batch_size), rng)
+            batch = augment(state.pool.sample(config.batch_size), rng)
             inputs, targets, masks = _masked_tensors(batch, config, rng, device)
             with torch.autocast(device.type, dtype=arithmetic, enabled=arithmetic is not None):
                 prediction = model(inputs)
@@ -570,11 +714,16 @@ def _run_steps(model: UNet, optimizer: torch.optim.Optimizer, scaler: torch.amp.
                     stop_reason = "early_stopping"
                     log.info("early stopping at step %d: no improvement in %d validations", step, best.stale)
                     break
-            if step % config.checkpoint_every == 0:
+            if step % config.checkpoint_every == 0 or stop.signum is not None:
                 if not all(bool(torch.isfinite(weights).all()) for weights in model.parameters()):
                     raise _diverged("weights became non-finite", step, arithmetic, learning_rate)
-                _save_checkpoint(folder / CHECKPOINT_FILE, step, model, optimizer, scaler, rng, elapsed, config,
-                                 best)
+                _save_checkpoint(folder / CHECKPOINT_FILE, config,
+                                 LoopPosition(step, elapsed, float(running), running_count), state)
+            if stop.signum is not None:
+                log.error("training stopped by %s at step %d of %d; the checkpoint %s is kept and rerunning "
+                          "the job resumes from it", signal.Signals(stop.signum).name, step, config.steps,
+                          folder / CHECKPOINT_FILE)
+                raise StoppedBySignal(stop.signum)
             if out_of_time:
                 stop_reason = "max_minutes"
                 break
