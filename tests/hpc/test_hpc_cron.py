@@ -190,3 +190,39 @@ def test_usage_errors_exit_2(cron: Cron) -> None:
     result = subprocess.run([*cron.command(), "--", "--configfile", "x.yaml"], env=cron.env,
                             capture_output=True, text=True)
     assert result.returncode == 2 and "N2VPIPE_CONFIGFILE" in result.stderr
+
+
+def test_skipped_input_is_mailed_once_new_ones_again_and_gone_ones_forgotten(cron: Cron) -> None:
+    state = cron.results / "logs" / "cron" / "skipped-inputs.reported"
+    write_volume(cron.inputs / "bad name.tif")
+    first = cron.run()
+    assert first.returncode == 0, describe(first, cron)
+    assert "inputs skipped" in first.stdout and "bad name.tif': its name contains ' '" in first.stdout
+    assert "bad name.tif" in state.read_text()
+
+    second = cron.run()
+    assert second.returncode == 0 and second.stdout == "", describe(second, cron)
+    assert "bad name.tif" in cron.last_log(), "each run's log still names it"
+
+    (cron.inputs / "gone.tif").symlink_to(cron.inputs / "moved-away.tif")
+    third = cron.run()
+    assert third.returncode == 0, describe(third, cron)
+    assert "gone.tif: it is a symbolic link" in third.stdout and "bad name.tif" not in third.stdout
+
+    (cron.inputs / "bad name.tif").unlink()
+    fourth = cron.run()
+    assert fourth.returncode == 0 and fourth.stdout == "", describe(fourth, cron)
+    assert "bad name.tif" not in state.read_text(), "a skip that went away is forgotten"
+    write_volume(cron.inputs / "bad name.tif")
+    fifth = cron.run()
+    assert "bad name.tif" in fifth.stdout and "gone.tif" not in fifth.stdout, describe(fifth, cron)
+
+    # A failed run reports its new skips once too, and not the known ones.
+    (cron.inputs / "broken.tif").write_bytes(b"this is not a TIFF file")
+    write_volume(cron.inputs / "-dash.tif")
+    settle()
+    sixth = cron.run()
+    assert sixth.returncode != 0 and "run FAILED" in sixth.stdout, describe(sixth, cron)
+    assert sixth.stdout.count("-dash.tif") == 1 and "starts with '-'" in sixth.stdout, sixth.stdout
+    assert "bad name.tif" not in sixth.stdout and "gone.tif" not in sixth.stdout, sixth.stdout
+    assert [p.name for p in state.parent.glob("*.tmp")] == [], "the state file is replaced, not left half-written"

@@ -19,6 +19,10 @@
 #   settings it used); latest.log points at the newest.
 # * Silent when all went well. When a job failed it prints the failed jobs with their log
 #   paths and exits non-zero (snakemake's exit status), so cron mails it.
+# * Inputs the pipeline skips (a name it cannot use, a dangling link, a file it cannot read)
+#   are printed once, by the first run that sees them; later runs stay silent about them
+#   (RESULTS_DIR/logs/cron/skipped-inputs.reported lists those already reported). One that
+#   goes away is forgotten, and printed again should it come back.
 #
 # Environment (all optional):
 #   N2VPIPE_PROFILE     snakemake profile, default "slurm" (slurm/config.v8+.yaml);
@@ -136,6 +140,29 @@ rc=0
 (cd "$repo" && exec "$snakemake_cmd" "${args[@]}" "$@") >>"$log" 2>&1 </dev/null || rc=$?
 printf 'n2vpipe-cron: snakemake exit status %s\n' "$rc" >>"$log"
 
+# ---------------------------------------------------------------- skipped inputs, reported once
+reported="$log_dir/skipped-inputs.reported"
+new_skips() {  # updates $reported; prints the skips it did not list yet
+    # "n2vpipe: discovery:" precedes the complete list; without it (a run refused before
+    # discovery) this run learnt nothing, and what was reported stays reported.
+    grep -q '^n2vpipe: discovery: ' "$log" || return 0
+    local current="$reported.$$.tmp"
+    sed -n 's/^n2vpipe: \(skipped input .*\)$/\1/p' "$log" | LC_ALL=C sort -u >"$current"
+    if [[ -f "$reported" ]]; then
+        LC_ALL=C comm -13 <(LC_ALL=C sort -u "$reported") "$current"
+    else
+        cat "$current"
+    fi
+    mv -f "$current" "$reported"  # atomic: a killed run leaves the old list or the new one
+}
+skips="$(new_skips)"
+report_skips() {
+    if [[ -n "$skips" ]]; then
+        printf 'n2vpipe-cron: inputs skipped (reported once; rename, fix or remove them, see %s):\n' "$log"
+        sed 's/^/  /' <<<"$skips"
+    fi
+}
+
 if ((log_days > 0)); then
     find "$log_dir" -maxdepth 1 -type f \( -name '*.log' -o -name '*.config.yaml' \) \
         -mtime +"$log_days" -delete 2>/dev/null || true
@@ -158,7 +185,10 @@ if ((rc != 0)); then
     while read -r slurm_log; do
         if [[ -f "$slurm_log" ]]; then printf '  SLURM log: %s\n' "$slurm_log"; fi
     done < <(grep -oE '[^ (]*slurm_logs/[^ )]+\.log' "$log" | sort -u)
-    grep -E '^n2vpipe: |^  [^ ]+: (logs in|not complete)' "$log" || true
+    grep -E '^n2vpipe: |^  [^ ]+: (logs in|not complete)' "$log" |
+        grep -v -E '^n2vpipe: (skipped input|discovery:) ' || true
+    report_skips
     exit "$rc"
 fi
+report_skips
 exit 0
