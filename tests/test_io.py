@@ -140,11 +140,16 @@ def test_uncompressed_files_are_read_by_byte_range_in_either_byte_order(tmp_path
 
 
 def test_a_truncated_uncompressed_file_fails_naming_the_file_and_leaves_no_output(tmp_path: Path) -> None:
+    """Refused from its header before any work; a file cut short while it is read fails in the reader too."""
     data = np.random.default_rng(6).integers(0, 60000, size=(4, 40, 24), dtype=np.uint16)
     src = tmp_path / "cut.tif"
     tifffile.imwrite(src, data, photometric="minisblack")
-    os.truncate(src, src.stat().st_size - 1000)
-    with pytest.raises(InputError, match=re.escape(f"{src}: file ends before the image data does")):
+    with open_tiff_lazy(src) as (source, _, _):
+        os.truncate(src, src.stat().st_size - 1000)
+        with pytest.raises(InputError, match=re.escape(f"{src}: file ends before the image data does")):
+            source[slice(3, 4), slice(0, 40), slice(0, 24)]
+    with pytest.raises(InputError, match=re.escape(f"{src}: header claims (4, 40, 24) uint16 voxels (7,680 bytes) "
+                                                   "but the file holds 7,434 bytes: it is cut short")):
         ingest_tiff(src, tmp_path / "cut.ome.zarr", CHUNKS)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["cut.tif"]
 

@@ -83,6 +83,25 @@ class StorageAlignedReader:
         return region[(..., *inner)].copy()
 
 
+class NonFiniteCounter:
+    """A dask ``store`` target that writes each chunk to a zarr array and counts its NaN and Inf voxels
+    on the way (float data only: the chunk is in memory anyway, so this costs one pass over it)."""
+
+    def __init__(self, target: zarr.Array) -> None:
+        self.target, self.shape, self.dtype, self.ndim = target, target.shape, target.dtype, target.ndim
+        self._counts: list[int] = []
+
+    def __setitem__(self, key: tuple[slice, ...], chunk: np.ndarray) -> None:
+        """Count the chunk's non-finite voxels, then write it."""
+        self._counts.append(chunk.size - int(np.count_nonzero(np.isfinite(chunk))))
+        self.target[key] = chunk
+
+    @property
+    def non_finite(self) -> int:
+        """NaN and Inf voxels in the chunks written so far."""
+        return sum(self._counts)
+
+
 def ingest_tiff(
     src: Path,
     dst: Path,
@@ -98,7 +117,10 @@ def ingest_tiff(
     :class:`StorageAlignedReader` (whole strips or tiles, one region in memory),
     uncompressed contiguous ones by byte range, and writes with ``threads`` workers; dask
     chunks equal zarr chunks, so no two tasks write the same chunk. ``dst``
-    appears only once complete.
+    appears only once complete. The headers are checked before any work (see
+    :func:`n2vpipe.io.open_tiff_lazy`), and float voxels are counted for NaN and Inf
+    as they are stored: a file with any fails, leaving no output
+    (:data:`n2vpipe.io.DTYPE_POLICY`).
     """
     configure_zarr(threads)
     codec = blosc_compressor(compressor, compression_level)
@@ -117,9 +139,14 @@ def ingest_tiff(
         with atomic_output(dst) as partial:
             target = create_ome_zarr(partial, meta, chunks, codec, name=Path(dst).parent.name,
                                      extra_attrs={"source": str(src)})
+            sink = NonFiniteCounter(target) if np.dtype(meta.dtype).kind == "f" else target
             with dask.config.set(scheduler=dask.threaded.get, num_workers=threads):
                 with TqdmCallback(desc="ingest", mininterval=1):
-                    lazy.store(target, lock=False)
+                    lazy.store(sink, lock=False)
+                if isinstance(sink, NonFiniteCounter) and sink.non_finite:
+                    raise InputError(f"{src}: {sink.non_finite:,} voxels are NaN or infinite, which n2vpipe "
+                                     "refuses (training and normalisation need finite values); replace them "
+                                     "(e.g. with the background level) and ingest again")
                 levels = write_pyramid(partial, pyramid_levels, codec)
     log.info("wrote %s (%d level(s), chunks %s)", dst, levels, chunks)
     return meta

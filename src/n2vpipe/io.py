@@ -15,6 +15,7 @@ import logging
 import os
 import re
 import shutil
+import struct
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -102,7 +103,8 @@ def canonical_axes(tiff_axes: str) -> tuple[str, tuple[int, ...]]:
 
     Returns the canonical axes and the permutation that brings the source array
     into that order. Unknown stack letters (``I``, ``Q``) become ``z`` when the
-    file has no explicit Z; samples (``S``) become channels.
+    file has no explicit Z; samples (``S``) become channels, interleaved (``YXS``)
+    or planar (``SYX``).
     """
     letters = list(tiff_axes.upper())
     if "Z" not in letters:
@@ -114,7 +116,7 @@ def canonical_axes(tiff_axes: str) -> tuple[str, tuple[int, ...]]:
         letters[letters.index("S")] = "C"
     mapped = "".join(letters).lower()
     unsupported = [a for a in mapped if a not in CANONICAL_AXES]
-    if unsupported or len(set(mapped)) != len(mapped) or not mapped.endswith("yx"):
+    if unsupported or len(set(mapped)) != len(mapped) or not {"y", "x"} <= set(mapped):
         raise ValueError(f"axes {tiff_axes!r} cannot be mapped to a subset of TCZYX")
     axes = "".join(a for a in CANONICAL_AXES if a in mapped)
     return axes, tuple(mapped.index(a) for a in axes)
@@ -172,6 +174,210 @@ def plane_files(folder: Path) -> list[Path]:
     return sorted(files, key=lambda p: [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", p.name)])
 
 
+DTYPE_POLICY = (
+    "n2vpipe ingests voxels of type bool, int8/16/32/64, uint8/16/32/64 and float16/32/64; complex and "
+    "every other type are refused at ingest (a complex image's imaginary part would be lost). Float "
+    "voxels must be finite: NaN or Inf anywhere refuses the file, with their count. RGB or other "
+    "multi-sample pixels (SamplesPerPixel > 1, interleaved or planar) become channels."
+)
+"""The pixel types ingest accepts, in a sentence the docs can cite."""
+ACCEPTED_DTYPES = frozenset(np.dtype(name) for name in (
+    "bool", "int8", "int16", "int32", "int64", "uint8", "uint16", "uint32", "uint64", "float16", "float32",
+    "float64"))
+MAX_COMPRESSION_RATIO = 100_000
+"""A compressed TIFF may claim at most this many times its file size in voxel bytes: more than any real
+microscopy file reaches (zstd packs an all-zero volume ~6600:1, deflate at most ~1000:1), so a forged
+header cannot make ingest allocate more than this many times the file's size."""
+_TIFFFILE_COMPLAINT = re.compile(r"invalid|corrupt|truncat|missing|incorrect|incomplet|not match|out of range"
+                                 r"|failed|raised", re.IGNORECASE)
+
+
+class _TifffileComplaints(logging.Filter):
+    """Takes tifffile's reports of a damaged file (every error; warnings that say invalid, corrupted,
+    missing, …) off its logger and keeps them, so that the caller raises them as one :class:`InputError`."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.messages: list[str] = []
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        """Keep and drop a complaint; let any other record through."""
+        message = record.getMessage()
+        if record.levelno >= logging.ERROR or _TIFFFILE_COMPLAINT.search(message):
+            self.messages.append(re.sub(r"^<[^>]*>\s*", "", message))
+            return False
+        return True
+
+
+@contextlib.contextmanager
+def _tifffile_complaints() -> Iterator[list[str]]:
+    """Collect what tifffile logs about a damaged file while the block runs (see :class:`_TifffileComplaints`)."""
+    logger = logging.getLogger("tifffile")
+    complaints = _TifffileComplaints()
+    logger.addFilter(complaints)
+    try:
+        yield complaints.messages
+    finally:
+        logger.removeFilter(complaints)
+
+
+def check_dtype(path: Path, dtype: np.dtype) -> None:
+    """Raise :class:`InputError` unless ``dtype`` is one :data:`DTYPE_POLICY` accepts."""
+    dtype = np.dtype(dtype)
+    if dtype.newbyteorder("=") in ACCEPTED_DTYPES:
+        return
+    if dtype.kind == "c":
+        raise InputError(f"{path}: voxels are complex ({dtype}), which n2vpipe refuses (the imaginary part would be "
+                         "lost); save the magnitude or the real part as float32 and ingest that file")
+    raise InputError(f"{path}: voxel type {dtype} is not supported (n2vpipe takes bool, (u)int8-64 and "
+                     "float16/32/64); convert the file to one of those and ingest it again")
+
+
+def _series_planes(series: tifffile.TiffPageSeries) -> dict[str, int]:
+    """Sizes of the series' non-image axes (every axis but Y, X and samples S)."""
+    return {axis: size for axis, size in zip(series.axes, series.shape) if axis not in "YXS"}
+
+
+def _check_imagej_counts(path: Path, tif: tifffile.TiffFile, series: tifffile.TiffPageSeries) -> None:
+    """The ImageJ metadata's images/slices/channels/frames against the series tifffile built."""
+    imagej = tif.imagej_metadata
+    if imagej is None:
+        return
+    claimed = {key: int(imagej.get(key, 1)) for key in ("images", "slices", "channels", "frames")}
+    planes = _series_planes(series)
+    samples = dict(zip(series.axes, series.shape)).get("S", 1)
+    found = {"slices": planes.get("Z", 1), "channels": planes.get("C", samples), "frames": planes.get("T", 1)}
+    images = int(np.prod(list(planes.values()), dtype=np.int64))
+    images_match = claimed["images"] in (1, images, images * samples)
+    if series.kind != "imagej" or any(found[key] != claimed[key] for key in found) or not images_match:
+        raise InputError(f"{path}: ImageJ metadata claims {claimed['images']} images ({claimed['slices']} slices, "
+                         f"{claimed['channels']} channels, {claimed['frames']} frames) but the file holds a "
+                         f"{series.axes} series of shape {series.shape}: it is cut short or damaged; copy or "
+                         "export it again")
+
+
+def _check_ome_counts(path: Path, tif: tifffile.TiffFile, series: tifffile.TiffPageSeries) -> None:
+    """The OME-XML SizeZ/SizeC/SizeT of the first image against the series tifffile built."""
+    if not (tif.is_ome and tif.ome_metadata):
+        return
+    root = ElementTree.fromstring(tif.ome_metadata)
+    pixels = next((el for el in root.iter() if el.tag.endswith("Pixels")), None)
+    if pixels is None:
+        return
+    claimed = {axis: int(pixels.attrib.get(f"Size{axis}", 1)) for axis in "ZCT"}
+    planes = int(np.prod([s for a, s in zip(series.axes, series.shape) if a not in "YX"], dtype=np.int64))
+    if series.kind != "ome" or planes != claimed["Z"] * claimed["C"] * claimed["T"]:
+        raise InputError(f"{path}: OME-XML claims SizeZ={claimed['Z']} SizeC={claimed['C']} SizeT={claimed['T']} "
+                         f"but the file holds a {series.axes} series of shape {series.shape}: it is cut short or "
+                         "damaged; copy or export it again")
+
+
+def _stored_bytes(samples: int, bits_per_sample: int) -> int:
+    """Bytes that ``samples`` values of ``bits_per_sample`` bits take uncompressed (bool images: 1 bit each)."""
+    return -(-samples * bits_per_sample // 8)
+
+
+def _check_claimed_size(path: Path, series: tifffile.TiffPageSeries, file_size: int) -> None:
+    """The bytes the header's shape x dtype claims against the file's size (uncompressed: at most the file;
+    compressed: at most :data:`MAX_COMPRESSION_RATIO` times it)."""
+    claimed = _stored_bytes(int(np.prod(series.shape, dtype=object)), series.keyframe.bitspersample)
+    compressed = series.keyframe.compression != 1
+    if claimed > file_size * (MAX_COMPRESSION_RATIO if compressed else 1):
+        raise InputError(f"{path}: header claims {series.shape} {series.dtype} voxels ({claimed:,} bytes) but the "
+                         f"file holds {file_size:,} bytes{' (compressed)' if compressed else ''}: it is cut short "
+                         "or its header is damaged; copy or export it again")
+
+
+def _check_page_data(path: Path, series: tifffile.TiffPageSeries, file_size: int) -> None:
+    """Every plane of the series present, and each of its strips or tiles non-empty and inside the file.
+
+    tifffile reads a missing strip (offset or byte count 0) as zeros, so this is what keeps a damaged
+    file from being ingested as zero-filled chunks.
+    """
+    if series.dataoffset is not None:
+        if series.dataoffset <= 0 or series.dataoffset + series.nbytes > file_size:
+            raise InputError(f"{path}: image data ({series.nbytes:,} bytes from offset {series.dataoffset}) run past "
+                             f"the end of the file ({file_size:,} bytes): it is cut short; copy or export it again")
+        return
+    keyframe = series.keyframe
+    planes = series.size // keyframe.size
+    present = [page for page in series.pages if page is not None]
+    if len(present) != planes:
+        raise InputError(f"{path}: holds {len(present)} of the {planes} image planes its header describes: it is cut "
+                         "short or damaged; copy or export it again")
+    chunks = int(np.prod(keyframe.chunked))
+    for page in present:
+        offsets = np.asarray(page.dataoffsets, dtype=np.int64)
+        counts = np.asarray(page.databytecounts, dtype=np.int64)
+        problem = None
+        if len(offsets) != chunks or len(counts) != chunks:
+            problem = f"{len(offsets)} strip/tile offsets and {len(counts)} byte counts where {chunks} belong"
+        elif (offsets <= 0).any() or (counts <= 0).any():
+            problem = "strips/tiles with offset or byte count 0 (missing data)"
+        elif (offsets + counts > file_size).any():
+            problem = f"strips/tiles past the end of the file ({file_size:,} bytes)"
+        if problem:
+            raise InputError(f"{path}: image plane {page.index} has {problem}: the file is cut short or damaged; "
+                             "copy or export it again")
+
+
+def check_tiff_series(path: Path, tif: tifffile.TiffFile, series: tifffile.TiffPageSeries) -> None:
+    """Check, from the headers alone, that ``series`` of ``tif`` can be ingested whole.
+
+    The voxel type against :data:`DTYPE_POLICY`; the bytes its shape claims against the file's size;
+    ImageJ and OME-XML plane counts against the series; every plane present, every strip or tile
+    non-empty and inside the file. Raises :class:`InputError` naming ``path`` and the problem.
+    """
+    check_dtype(path, series.dtype)
+    file_size = tif.filehandle.size
+    _check_claimed_size(path, series, file_size)
+    _check_imagej_counts(path, tif, series)
+    _check_ome_counts(path, tif, series)
+    _check_page_data(path, series, file_size)
+
+
+def open_checked_tiff(path: Path, stack: contextlib.ExitStack) -> tuple[tifffile.TiffFile, tifffile.TiffPageSeries]:
+    """Open the TIFF ``path`` (closed with ``stack``) and return it with its first series, checked whole.
+
+    Anything tifffile reports as invalid or corrupted while reading the headers (the IFD chain walked
+    to its end) fails the file, and so does whatever :func:`check_tiff_series` finds. Raises
+    :class:`InputError` naming ``path``.
+    """
+    try:
+        with _tifffile_complaints() as complaints:
+            tif = stack.enter_context(tifffile.TiffFile(path))
+            series = tif.series
+            len(tif.pages)
+            if series:
+                check_tiff_series(path, tif, series[0])
+    except (tifffile.TiffFileError, OSError, ElementTree.ParseError, struct.error, IndexError, RuntimeError) as err:
+        # tifffile's header parsing raises IndexError for a page past the end of the IFD chain and
+        # RuntimeError ("incompatible keyframe") for a page whose strip/tile tables do not fit the first
+        reported = f"; tifffile reports: {'; '.join(dict.fromkeys(complaints))}" if complaints else ""
+        raise InputError(f"{path}: not a readable TIFF ({err}{reported}): it is cut short, damaged or no TIFF at "
+                         "all; copy or export it again") from err
+    if complaints:
+        raise InputError(f"{path}: damaged TIFF, tifffile reports: {'; '.join(dict.fromkeys(complaints))}; it is cut "
+                         "short or corrupted: copy or export it again")
+    if not series:
+        raise InputError(f"{path}: TIFF holds no image series")
+    return tif, series[0]
+
+
+def check_plane_files(folder: Path, files: Sequence[Path], stack: contextlib.ExitStack) -> tifffile.TiffFile:
+    """Check every plane file of ``folder`` from its headers (see :func:`open_checked_tiff`), each with
+    the first one's shape and voxel type; return the first file opened (closed with ``stack``)."""
+    first, reference = open_checked_tiff(files[0], stack)
+    for file in files[1:]:
+        with contextlib.ExitStack() as each:
+            _, series = open_checked_tiff(file, each)
+            if series.shape != reference.shape or series.dtype != reference.dtype:
+                raise InputError(f"{file}: plane of shape {series.shape} {series.dtype} in a folder whose first plane "
+                                 f"({files[0].name}) is {reference.shape} {reference.dtype}: every plane of "
+                                 f"{folder} must match; replace or remove that file")
+    return first
+
+
 class ContiguousTiffArray:
     """Read-only array over an uncompressed, contiguous TIFF series, read by byte ranges.
 
@@ -223,40 +429,36 @@ def _contiguous_source(path: Path, tif: tifffile.TiffFile) -> ContiguousTiffArra
 
 @contextlib.contextmanager
 def open_tiff_lazy(path: Path) -> Iterator[tuple[zarr.Array | ContiguousTiffArray, ImageMeta, tuple[int, ...]]]:
-    """Open a TIFF, OME-TIFF, ImageJ hyperstack or folder of plane TIFFs without reading it.
+    """Open a TIFF, OME-TIFF, ImageJ hyperstack or folder of plane TIFFs without reading its pixels.
 
-    Yields the source as a read-only array (in the file's own axis order): a
-    :class:`ContiguousTiffArray` for uncompressed contiguous files, tifffile's
-    zarr store otherwise; its metadata in canonical order; and the permutation
-    to canonical order. Raises :class:`InputError` naming the file when it cannot be used.
+    The headers are checked first (:func:`open_checked_tiff`, :func:`check_plane_files`): a damaged
+    or unsupported file fails here, before any large allocation. Yields the source as a read-only
+    array (in the file's own axis order): a :class:`ContiguousTiffArray` for uncompressed contiguous
+    files, tifffile's zarr store otherwise; its metadata in canonical order; and the permutation to
+    canonical order. Raises :class:`InputError` naming the file when it cannot be used.
     """
     path = Path(path)
-    try:
+    with contextlib.ExitStack() as stack:
         if path.is_dir():
             files = plane_files(path)
             if not files:
                 raise InputError(f"{path}: folder holds no .tif/.tiff plane files")
-            sequence = tifffile.TiffSequence(files, pattern=None)
-            with tifffile.TiffFile(files[0]) as first:
-                sizes, unit = tiff_voxel_size(first)
-                tiff_axes = "Z" + first.series[0].axes
+            first = check_plane_files(path, files, stack)
+            sizes, unit = tiff_voxel_size(first)
+            tiff_axes = "Z" + first.series[0].axes
             contiguous = None
-            store = sequence.aszarr()
+            store = tifffile.TiffSequence(files, pattern=None).aszarr()
         else:
-            tif = tifffile.TiffFile(path)
-            if not tif.series:
-                raise InputError(f"{path}: TIFF holds no image series")
+            tif, series = open_checked_tiff(path, stack)
             sizes, unit = tiff_voxel_size(tif)
-            tiff_axes = tif.series[0].axes
+            tiff_axes = series.axes
             if len(tif.series) > 1:
                 log.warning("%s holds %d image series: only series 0 (%s %s) is ingested; left out: %s", path,
-                            len(tif.series), tif.series[0].axes, tif.series[0].shape,
+                            len(tif.series), series.axes, series.shape,
                             "; ".join(f"series {i} ({s.axes} {s.shape})" for i, s in enumerate(tif.series) if i))
             contiguous = _contiguous_source(path, tif)
-            store = tif.series[0].aszarr()
-    except (tifffile.TiffFileError, OSError, ElementTree.ParseError) as err:
-        raise InputError(f"{path}: not a readable TIFF ({err})") from err
-    try:
+            store = series.aszarr()
+        stack.callback(store.close)
         source = contiguous if contiguous is not None else zarr.open_array(store, mode="r")
         try:
             axes, permutation = canonical_axes(tiff_axes)
@@ -267,8 +469,6 @@ def open_tiff_lazy(path: Path) -> Iterator[tuple[zarr.Array | ContiguousTiffArra
         shape = tuple(source.shape[i] for i in permutation)
         scale = tuple(sizes.get(a, 1.0) for a in axes)
         yield source, ImageMeta(axes, shape, str(source.dtype), scale, unit), permutation
-    finally:
-        store.close()
 
 
 def configure_zarr(threads: int) -> None:
