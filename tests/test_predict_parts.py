@@ -3,6 +3,8 @@ output."""
 
 from __future__ import annotations
 
+import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -15,7 +17,8 @@ import zarr
 from distributed import LocalCluster
 
 from n2vpipe.ingest import ingest_tiff
-from n2vpipe.io import open_ome_zarr, partial_path
+from n2vpipe.io import InputError, open_ome_zarr, partial_path
+from n2vpipe.model_io import WEIGHTS_FILE
 from n2vpipe.predict import (
     OutputEncoding,
     cpu_network_thread,
@@ -169,3 +172,24 @@ def test_3d_volumes_ignore_the_planar_block(trained: tuple[Path, Path], tmp_path
     stats = predict_volume(raw, model, tmp_path / "den.ome.zarr", BLOCK, planar_block={"y": 32, "x": 32})
     assert open_ome_zarr(tmp_path / "den.ome.zarr")[0].chunks == tuple(BLOCK.values())
     assert stats.blocks == 2 * 3 * 4
+
+
+def test_undecodable_input_chunk_fails_inference_naming_it(trained: tuple[Path, Path], tmp_path: Path) -> None:
+    """A block reads the damaged chunk (z 8-16, y 16-32, x 32-48) with its halo: the error names the store,
+    the array and the chunk key, and no output looks finished."""
+    raw = tmp_path / "raw.ome.zarr"
+    shutil.copytree(trained[0], raw)
+    (raw / "0" / "1" / "1" / "2").write_bytes(b"not a compressed chunk" * 8)
+    with pytest.raises(InputError, match=rf"^{re.escape(str(raw))}: array '0': chunk 1/1/2 cannot be decoded"):
+        predict_volume(raw, trained[1], tmp_path / "denoised.ome.zarr", BLOCK)
+    assert not (tmp_path / "denoised.ome.zarr").exists()
+
+
+def test_truncated_weights_fail_inference_naming_the_file(trained: tuple[Path, Path], tmp_path: Path) -> None:
+    model = tmp_path / "model"
+    shutil.copytree(trained[1], model)
+    (model / WEIGHTS_FILE).write_bytes((trained[1] / WEIGHTS_FILE).read_bytes()[:-100])
+    with pytest.raises(InputError, match=rf"^{re.escape(str(model / WEIGHTS_FILE))}: the weights cannot be loaded "
+                                         rf".*; the model is damaged: delete {re.escape(str(model))} and rerun"):
+        predict_volume(trained[0], model, tmp_path / "denoised.ome.zarr", BLOCK)
+    assert not (tmp_path / "denoised.ome.zarr").exists()

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import logging
+import re
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -12,10 +14,12 @@ import tifffile
 import torch
 
 from n2vpipe.ingest import ingest_tiff
-from n2vpipe.io import partial_path
-from n2vpipe.model_io import load_model
+from n2vpipe.io import InputError, open_ome_zarr, partial_path
+from n2vpipe.model_io import Normalisation, load_model
 from n2vpipe.train import (
     CHECKPOINT_FILE,
+    PatchPool,
+    Region,
     TrainConfig,
     _masked_tensors,
     augment,
@@ -23,6 +27,7 @@ from n2vpipe.train import (
     arithmetic_name,
     autocast_dtype,
     cpu_has_amx_bf16,
+    estimate_normalisation,
     learning_rate_at,
     split_regions,
     validation_patch,
@@ -87,10 +92,13 @@ def test_interrupted_training_resumes_from_its_checkpoint(raw_zarr: Path, tmp_pa
     assert json.loads((tmp_path / "model" / "model.json").read_text())["history"]["steps_done"] == 6
 
 
-def test_checkpoint_from_other_settings_is_not_resumed(raw_zarr: Path, tmp_path: Path) -> None:
+def test_checkpoint_from_other_settings_is_not_resumed(raw_zarr: Path, tmp_path: Path,
+                                                       caplog: pytest.LogCaptureFixture) -> None:
     with pytest.raises(KeyboardInterrupt):
         _train_and_interrupt_after_checkpoint(raw_zarr, tmp_path / "model", TrainConfig(steps=6, **TINY))
-    train_n2v(raw_zarr, tmp_path / "model", TrainConfig(steps=4, learning_rate=1e-3, **TINY))
+    with caplog.at_level(logging.INFO, logger="n2vpipe.train"):
+        train_n2v(raw_zarr, tmp_path / "model", TrainConfig(steps=4, learning_rate=1e-3, **TINY))
+    assert "other training settings (learning_rate: 0.0004 -> 0.001; steps: 6 -> 4)" in caplog.text
     steps = [int(line.split(",")[0]) for line in (tmp_path / "model" / "training_log.csv").read_text().split()[1:]]
     assert steps == [2, 4], "an edited config must train from scratch"
 
@@ -307,3 +315,56 @@ def test_float16_training_scales_its_loss_and_resumes_with_the_scaler_state(raw_
     with pytest.raises(KeyboardInterrupt):
         _train_and_interrupt_after_checkpoint(raw_zarr, tmp_path / "float32", float32)
     assert torch.load(partial_path(tmp_path / "float32") / CHECKPOINT_FILE, weights_only=True)["grad_scaler"] == {}
+
+
+def _corrupt_chunk(store: Path, key: str) -> None:
+    """Overwrite one chunk file of ``store``'s full-resolution array with bytes no codec decodes."""
+    (store / "0" / key).write_bytes(b"not a compressed chunk" * 8)
+
+
+def test_undecodable_chunk_in_the_patch_pool_names_store_array_and_chunk(raw_zarr: Path) -> None:
+    """The pool's tile is exactly the damaged chunk (z 0-8, y 16-32, x 16-32)."""
+    _corrupt_chunk(raw_zarr, "0/1/1")
+    array, meta = open_ome_zarr(raw_zarr)
+    with pytest.raises(InputError, match=rf"^{re.escape(str(raw_zarr))}: array '0': chunk 0/1/1 cannot be decoded"):
+        PatchPool(array, meta, Region((0, 16, 16), (8, 32, 32)), (8, 16, 16), Normalisation((0.0,), (1.0,)),
+                  pool_tiles=1, refresh_every=1, rng=np.random.default_rng(0))
+
+
+def test_undecodable_chunk_fails_training_naming_it(raw_zarr: Path, tmp_path: Path) -> None:
+    """Training reads chunks first to estimate the normalisation: 64 random draws of the 18 chunks."""
+    _corrupt_chunk(raw_zarr, "1/2/0")
+    with pytest.raises(InputError, match=rf"^{re.escape(str(raw_zarr))}: array '0': chunk 1/2/0 cannot be decoded"):
+        train_n2v(raw_zarr, tmp_path / "model", TrainConfig(steps=2, **TINY))
+    assert not (tmp_path / "model").exists()
+
+
+def test_sampling_for_the_normalisation_reads_through_read_region(raw_zarr: Path) -> None:
+    _corrupt_chunk(raw_zarr, "0/0/2")
+    array, meta = open_ome_zarr(raw_zarr)
+    with pytest.raises(InputError, match="chunk 0/0/2 cannot be decoded"):
+        estimate_normalisation(array, meta, np.random.default_rng(0))
+
+
+@pytest.mark.parametrize(("damage", "file", "problem"), [
+    (lambda model: (model / "weights.pt").write_bytes((model / "weights.pt").read_bytes()[:1000]), "weights.pt",
+     "the weights cannot be loaded"),
+    (lambda model: (model / "weights.pt").write_text("weights, honestly"), "weights.pt",
+     "the weights cannot be loaded"),
+    (lambda model: (model / "weights.pt").unlink(), "weights.pt", "the weights file is missing"),
+    (lambda model: (model / "model.json").write_text('{"format_version": 1, "architec'), "model.json",
+     "the model description cannot be read"),
+    (lambda model: (model / "model.json").write_text('{"format_version": 1}'), "model.json",
+     "the model description cannot be read"),
+    (lambda model: (model / "model.json").unlink(), "model.json", "the model description is missing"),
+], ids=["truncated-weights", "not-a-torch-file", "no-weights", "garbled-json", "incomplete-json", "no-json"])
+def test_a_damaged_model_fails_loading_naming_the_file_and_how_to_retrain(
+        raw_zarr: Path, tmp_path: Path, damage: Callable[[Path], object], file: str, problem: str) -> None:
+    model_dir = tmp_path / "model"
+    train_n2v(raw_zarr, model_dir, TrainConfig(steps=2, **TINY))
+    damage(model_dir)
+    with pytest.raises(InputError) as raised:
+        load_model(model_dir)
+    message = str(raised.value)
+    assert message.startswith(f"{model_dir / file}: {problem}") and "\n" not in message
+    assert message.endswith(f"delete {model_dir} and rerun the workflow to train it again")

@@ -1,11 +1,14 @@
 """A trained model on disk: ``weights.pt`` (tensors only) beside a self-describing ``model.json``.
 
-Weights load with ``torch.load(weights_only=True)``: no pickled code runs.
+Weights load with ``torch.load(weights_only=True)``: no pickled code runs. A model folder
+that cannot be read fails with one sentence naming the file and how to retrain.
 """
 
 from __future__ import annotations
 
+import io
 import json
+import pickle
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -14,7 +17,7 @@ import numpy as np
 import torch
 
 from n2vpipe import __version__
-from n2vpipe.io import write_json
+from n2vpipe.io import InputError, write_bytes_atomic, write_json
 from n2vpipe.unet import UNet, UNetSpec, memory_format, receptive_field, total_downsampling
 
 WEIGHTS_FILE = "weights.pt"
@@ -80,20 +83,49 @@ class ModelDescription:
 
 
 def save_model(model: UNet, description: ModelDescription, directory: Path) -> None:
-    """Write weights and description into ``directory``."""
+    """Write weights and description into ``directory``, each atomically (a full disk raises
+    :class:`~n2vpipe.io.DiskFullError` naming the file and leaves no partial file)."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-    torch.save(state, directory / WEIGHTS_FILE)
+    buffer = io.BytesIO()
+    torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, buffer)
+    write_bytes_atomic(directory / WEIGHTS_FILE, buffer.getvalue())
     write_json(directory / DESCRIPTION_FILE, description.to_dict())
 
 
+def unreadable_model(path: Path, directory: Path, problem: str) -> InputError:
+    """The error for a model file that cannot be used: names it and says how to retrain."""
+    return InputError(f"{path}: {problem}; the model is damaged: delete {directory} and rerun the workflow "
+                      "to train it again")
+
+
+def load_description(directory: Path) -> ModelDescription:
+    """The :class:`ModelDescription` in ``directory``'s ``model.json``; a missing, garbled or
+    incomplete file raises :class:`~n2vpipe.io.InputError` naming it."""
+    path = Path(directory) / DESCRIPTION_FILE
+    try:
+        return ModelDescription.from_dict(json.loads(path.read_text()))
+    except FileNotFoundError as error:
+        raise unreadable_model(path, directory, "the model description is missing") from error
+    except (ValueError, KeyError, TypeError, AttributeError) as error:
+        raise unreadable_model(path, directory, f"the model description cannot be read ({error!r})") from error
+
+
 def load_model(directory: Path, device: str | torch.device = "cpu") -> tuple[UNet, ModelDescription]:
-    """Rebuild the network from ``directory`` in eval mode, loading tensors only."""
+    """Rebuild the network from ``directory`` in eval mode, loading tensors only.
+
+    A missing or damaged ``model.json`` or ``weights.pt`` (truncated, not a torch file,
+    other tensors) raises :class:`~n2vpipe.io.InputError` naming the file."""
     directory = Path(directory)
-    description = ModelDescription.from_dict(json.loads((directory / DESCRIPTION_FILE).read_text()))
+    description = load_description(directory)
     model = UNet(description.spec)
-    state = torch.load(directory / WEIGHTS_FILE, map_location=device, weights_only=True)
-    model.load_state_dict(state)
+    path = directory / WEIGHTS_FILE
+    try:
+        model.load_state_dict(torch.load(path, map_location=device, weights_only=True))
+    except FileNotFoundError as error:
+        raise unreadable_model(path, directory, "the weights file is missing") from error
+    except (OSError, RuntimeError, pickle.UnpicklingError, EOFError, AttributeError, TypeError) as error:
+        problem = str(error).splitlines()[0] if str(error) else type(error).__name__
+        raise unreadable_model(path, directory, f"the weights cannot be loaded ({problem})") from error
     return model.to(device, memory_format=memory_format(description.spec.ndim)).eval(), description
 

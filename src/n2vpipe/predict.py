@@ -56,11 +56,13 @@ from n2vpipe.io import (
     open_ome_zarr,
     partial_path,
     publish,
+    read_region,
     remove_path,
+    reporting_disk_full,
     sample_voxels,
     write_pyramid,
 )
-from n2vpipe.model_io import WEIGHTS_FILE, ModelDescription, Normalisation, load_model
+from n2vpipe.model_io import WEIGHTS_FILE, ModelDescription, Normalisation, load_model, unreadable_model
 from n2vpipe.train import arithmetic_name, autocast_dtype, select_device, to_device
 from n2vpipe.unet import UNet, UNetSpec, Window, memory_format, receptive_reach, total_downsampling
 
@@ -119,11 +121,12 @@ def halo_on_grid(spec: UNetSpec) -> tuple[int, ...]:
 def read_with_halo(array: zarr.Array, meta: ImageMeta, block: Block,
                    halo: tuple[int, ...]) -> tuple[np.ndarray, Window]:
     """Read ``block`` grown by ``halo`` on each side, clipped to the volume; return it with the
-    ``(before, after)`` margin per axis that lies outside the block (0 at the volume border)."""
+    ``(before, after)`` margin per axis that lies outside the block (0 at the volume border).
+    An undecodable chunk raises :class:`~n2vpipe.io.InputError` naming the store, array and chunk key."""
     lo = [max(0, s - h) for s, h in zip(block.start, halo)]
     hi = [min(n, e + h) for e, h, n in zip(block.stop, halo, meta.spatial_shape)]
     margins = tuple((s - a, b - e) for a, b, s, e in zip(lo, hi, block.start, block.stop))
-    return np.asarray(array[meta.key(block.t, block.c, lo, hi)]), margins
+    return read_region(array, meta.key(block.t, block.c, lo, hi)), margins
 
 
 def run_network(model: UNet, data: np.ndarray, grid: tuple[int, ...], device: torch.device,
@@ -290,8 +293,12 @@ class BlockProgress:
 
 
 def _weights_digest(model_dir: Path) -> str:
-    """SHA-256 of the model's weights file."""
-    return hashlib.sha256((Path(model_dir) / WEIGHTS_FILE).read_bytes()).hexdigest()
+    """SHA-256 of the model's weights file (a missing one raises :class:`~n2vpipe.io.InputError` naming it)."""
+    path = Path(model_dir) / WEIGHTS_FILE
+    try:
+        return hashlib.sha256(path.read_bytes()).hexdigest()
+    except FileNotFoundError as error:
+        raise unreadable_model(path, Path(model_dir), "the weights file is missing") from error
 
 
 def _fingerprint(weights_digest: str, block_shape: tuple[int, ...], encoding_settings: tuple[object, ...]) -> str:
@@ -366,8 +373,11 @@ class BlockJob:
                                    self._network_thread(device),
                                    autocast_dtype(self.precision, device))
         computed = time.perf_counter()
-        target[meta.key(item.t, item.c, item.start, item.stop)] = self.encoding.encode(result, item.c)
-        (self.partial / DONE_DIR / item.name).touch()
+        with reporting_disk_full(self.partial):
+            target[meta.key(item.t, item.c, item.start, item.stop)] = self.encoding.encode(result, item.c)
+        marker = self.partial / DONE_DIR / item.name
+        with reporting_disk_full(marker):
+            marker.touch()
         return BlockTimes(item.voxels, read_done - tick, computed - read_done, time.perf_counter() - computed)
 
     def _network_thread(self, device: torch.device) -> Executor | None:
@@ -410,8 +420,10 @@ def _open_or_create_output(partial: Path, meta: ImageMeta, chunks: tuple[int, ..
     full_chunks = tuple(1 if a in "tc" else chunks[meta.spatial_axes.index(a)] for a in meta.axes)
     attrs = {"fingerprint": fingerprint, "blocks_total": blocks_total, "intensity": encoding.attrs(),
              "encoding": {"dtype": encoding.dtype, "low": list(encoding.low), "high": list(encoding.high)}}
-    create_ome_zarr(partial, out_meta, full_chunks, blosc_compressor(compressor, level), name, extra_attrs=attrs)
-    (partial / DONE_DIR).mkdir()
+    with reporting_disk_full(partial):
+        create_ome_zarr(partial, out_meta, full_chunks, blosc_compressor(compressor, level), name,
+                        extra_attrs=attrs)
+        (partial / DONE_DIR).mkdir()
     return encoding
 
 
@@ -514,7 +526,8 @@ def finalize_prediction(dst: Path, pyramid_levels: int = 1, compressor: str = "z
     finished = len(os.listdir(done_dir))
     if finished != expected:
         raise RuntimeError(f"{partial}: {finished} of {expected} blocks are done; rerun the inference parts")
-    levels = write_pyramid(partial, pyramid_levels, blosc_compressor(compressor, compression_level))
+    with reporting_disk_full(partial):
+        levels = write_pyramid(partial, pyramid_levels, blosc_compressor(compressor, compression_level))
     remove_path(done_dir)
     publish(partial, Path(dst))
     remove_path(partial.with_name(partial.name + ".lock"))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import io
 from pathlib import Path
 
 import matplotlib
@@ -12,7 +13,16 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import zarr  # noqa: E402
 
-from n2vpipe.io import ImageMeta, open_ome_zarr  # noqa: E402
+from n2vpipe.io import ImageMeta, open_ome_zarr, write_bytes_atomic  # noqa: E402
+
+
+def save_figure(fig: plt.Figure, png: Path) -> None:
+    """Write ``fig`` to ``png`` atomically and close it (a full disk raises
+    :class:`~n2vpipe.io.DiskFullError` naming ``png`` and leaves no partial picture)."""
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png")
+    plt.close(fig)
+    write_bytes_atomic(png, buffer.getvalue())
 
 
 def plot_training_log(log_csv: Path, png: Path, title: str) -> None:
@@ -31,8 +41,7 @@ def plot_training_log(log_csv: Path, png: Path, title: str) -> None:
     ax.legend()
     ax.set_title(f"Noise2Void training: {title}")
     fig.tight_layout()
-    fig.savefig(png)
-    plt.close(fig)
+    save_figure(fig, png)
 
 
 def middle_plane(array: np.ndarray | object, meta: ImageMeta, channel: int) -> np.ndarray:
@@ -74,5 +83,4 @@ def comparison_figure(raw_zarr: Path, denoised_zarr: Path, png: Path) -> None:
             ax.axis("off")
     fig.suptitle(Path(denoised_zarr).parent.name)
     fig.tight_layout()
-    fig.savefig(png)
-    plt.close(fig)
+    save_figure(fig, png)
