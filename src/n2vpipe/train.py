@@ -446,9 +446,9 @@ class TrainingState:
             self.scaler.load_state_dict(state["grad_scaler"])
         self.best.load_state_dict(state["best"])
         self.rng.bit_generator.state = state["numpy_rng"]
-        torch.set_rng_state(state["torch_rng"])
+        torch.set_rng_state(state["torch_rng"].cpu())  # RNG states are CPU tensors, wherever the checkpoint loads
         if "cuda_rng" in state and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(state["cuda_rng"])
+            torch.cuda.set_rng_state_all([device_state.cpu() for device_state in state["cuda_rng"]])
         self.pool.load_state_dict(state["pool"])
 
 
