@@ -19,6 +19,7 @@ from distributed import LocalCluster
 from n2vpipe.ingest import ingest_tiff
 from n2vpipe.io import InputError, open_ome_zarr, partial_path
 from n2vpipe.model_io import WEIGHTS_FILE
+from n2vpipe.qc import comparison_figure
 from n2vpipe.predict import (
     OutputEncoding,
     cpu_network_thread,
@@ -193,3 +194,16 @@ def test_truncated_weights_fail_inference_naming_the_file(trained: tuple[Path, P
                                          rf".*; the model is damaged: delete {re.escape(str(model))} and rerun"):
         predict_volume(trained[0], model, tmp_path / "denoised.ome.zarr", BLOCK)
     assert not (tmp_path / "denoised.ome.zarr").exists()
+
+
+def test_qc_figure_is_written_and_names_an_undecodable_chunk(trained: tuple[Path, Path], tmp_path: Path) -> None:
+    """The figure shows the central plane (z 8 of 16: chunk row 1 along Z); its picture is complete or absent."""
+    raw, model = trained
+    denoised = tmp_path / "denoised.ome.zarr"
+    predict_volume(raw, model, denoised, BLOCK)
+    comparison_figure(raw, denoised, tmp_path / "qc.png")
+    assert (tmp_path / "qc.png").read_bytes().startswith(b"\x89PNG")
+    (denoised / "0" / "1" / "1" / "1").write_bytes(b"not a compressed chunk" * 8)
+    with pytest.raises(InputError, match=rf"^{re.escape(str(denoised))}: array '0': chunk 1/1/1 cannot be decoded"):
+        comparison_figure(raw, denoised, tmp_path / "qc_again.png")
+    assert not list(tmp_path.glob("qc_again.png*"))

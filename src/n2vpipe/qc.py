@@ -13,7 +13,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import zarr  # noqa: E402
 
-from n2vpipe.io import ImageMeta, open_ome_zarr, write_bytes_atomic  # noqa: E402
+from n2vpipe.io import ImageMeta, open_ome_zarr, read_region, write_bytes_atomic  # noqa: E402
 
 
 def save_figure(fig: plt.Figure, png: Path) -> None:
@@ -44,8 +44,9 @@ def plot_training_log(log_csv: Path, png: Path, title: str) -> None:
     save_figure(fig, png)
 
 
-def middle_plane(array: np.ndarray | object, meta: ImageMeta, channel: int) -> np.ndarray:
-    """The central Z plane (or the image itself in 2D) of one channel at the first time point."""
+def middle_plane(array: zarr.Array, meta: ImageMeta, channel: int) -> np.ndarray:
+    """The central Z plane (or the image itself in 2D) of one channel at the first time point; an
+    undecodable chunk raises :class:`~n2vpipe.io.InputError` naming the store, array and chunk key."""
     key = []
     for axis, size in zip(meta.axes, meta.shape):
         if axis == "c":
@@ -56,7 +57,7 @@ def middle_plane(array: np.ndarray | object, meta: ImageMeta, channel: int) -> n
             key.append(size // 2)
         else:
             key.append(slice(None))
-    return np.asarray(array[tuple(key)], dtype=np.float32)
+    return read_region(array, tuple(key)).astype(np.float32, copy=False)
 
 
 def stored_to_intensity(values: np.ndarray, zarr_path: Path, channel: int) -> np.ndarray:
