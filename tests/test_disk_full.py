@@ -4,6 +4,7 @@ behind and nothing looks finished. The disk is a real, small tmpfs (the tests ru
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 from collections.abc import Iterator
@@ -16,7 +17,7 @@ from n2vpipe.ingest import ingest_tiff
 from n2vpipe.io import DiskFullError, partial_path
 from n2vpipe.jobs import job_logging
 from n2vpipe.model_io import WEIGHTS_FILE
-from n2vpipe.predict import DONE_DIR, predict_volume
+from n2vpipe.predict import DONE_DIR, predict_part, predict_volume
 from n2vpipe.train import CHECKPOINT_FILE, LOG_FILE, TrainConfig, train_n2v
 from synthetic import poisson_gaussian, smooth_blobs
 
@@ -27,15 +28,13 @@ TRAIN_2D = dict(patch={"y": 32, "x": 32}, batch_size=2, base_filters=4, validate
 FREE_FOR_TRAINING = 16 * 1024
 
 
-@pytest.fixture()
-def small_disk(tmp_path: Path) -> Iterator[Path]:
-    """A 1 MiB tmpfs mounted for the test, unmounted after it (lazily: a file left open there cannot keep it
-    mounted)."""
-    mount_point = tmp_path / "small_disk"
-    mount_point.mkdir()
+@contextlib.contextmanager
+def tmpfs(mount_point: Path, options: str) -> Iterator[Path]:
+    """A tmpfs with ``options`` mounted at ``mount_point`` while the block runs, then unmounted (lazily: a file
+    left open there cannot keep it mounted); the test is skipped where mounting is not permitted."""
     if os.geteuid() != 0:
         pytest.skip("mounting a small tmpfs needs root")
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1024k", "tmpfs", str(mount_point)],
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(mount_point)],
                              capture_output=True, text=True)
     if mounted.returncode != 0:
         pytest.skip(f"mounting a tmpfs is not permitted here: {mounted.stderr.strip()}")
@@ -43,6 +42,15 @@ def small_disk(tmp_path: Path) -> Iterator[Path]:
         yield mount_point
     finally:
         subprocess.run(["umount", "--lazy", str(mount_point)], check=True)
+
+
+@pytest.fixture()
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    """A 1 MiB tmpfs mounted for the test."""
+    mount_point = tmp_path / "small_disk"
+    mount_point.mkdir()
+    with tmpfs(mount_point, "size=1024k"):
+        yield mount_point
 
 
 def fill(disk: Path, leave: int) -> Path:
@@ -126,3 +134,21 @@ def test_full_disk_during_prediction_names_the_output_and_the_rerun_finishes(
     filler.unlink()
     assert predict_volume(raw, model, dst, BLOCK, threads=2).blocks == 32 - finished
     assert dst.exists() and not partial.exists()
+
+
+def test_no_room_for_a_done_marker_names_it_and_the_block_is_redone(trained_3d: tuple[Path, Path],
+                                                                     tmp_path: Path) -> None:
+    """Part 1 of 4 writes its chunks, but its done markers go to a tmpfs without a free inode (mounted over
+    the markers' folder of the partial output part 0 started): the first marker fails, named."""
+    raw, model = trained_3d
+    dst = tmp_path / "denoised.ome.zarr"
+    predict_part(raw, model, dst, BLOCK, part=0, parts=4)
+    done_dir = partial_path(dst) / DONE_DIR
+    with tmpfs(done_dir, "size=64k,nr_inodes=1"):
+        with pytest.raises(DiskFullError), job_logging(tmp_path / "predict.log"):
+            predict_part(raw, model, dst, BLOCK, part=1, parts=4, threads=1)
+        assert not os.listdir(done_dir)
+    line = first_error_line(tmp_path / "predict.log")
+    assert f"{done_dir}/t0_c0_" in line and ": no space left on device" in line
+    assert not temporary_files(tmp_path) and len(os.listdir(done_dir)) == 8 and not dst.exists()
+    assert predict_part(raw, model, dst, BLOCK, part=1, parts=4).blocks == 8, "unmarked blocks are done again"
