@@ -121,14 +121,14 @@ def test_name_claimed_twice_keeps_the_first(inputs: Path) -> None:
     assert "already taken by" in reasons(skipped)["a.tif"]
 
 
-def test_messages_are_one_line_and_quote_odd_names(inputs: Path) -> None:
+def test_messages_are_one_line_and_name_the_input(inputs: Path) -> None:
     (inputs / "two\nlines.tif").write_bytes(b"II*\0")
     (inputs / "x y.tif").write_bytes(b"II*\0")
     _, skipped = discover_acquisitions(inputs, PATTERNS)
     messages = sorted(skip.message() for skip in skipped)
     assert all("\n" not in message for message in messages)
-    assert messages[0].startswith("skipped input '") and "two\\nlines.tif'" in messages[0]
-    assert f"'{inputs / 'x y.tif'}'" in messages[1]
+    assert messages[0].startswith("'") and "two\\nlines.tif': skipped, its name contains '\\n'" in messages[0]
+    assert messages[1].startswith(f"{inputs / 'x y.tif'}: skipped, its name contains ' '")
 
 
 def test_missing_input_dir_is_an_input_error(tmp_path: Path) -> None:

@@ -37,16 +37,15 @@ class SkippedInput:
     reason: str
 
     def message(self) -> str:
-        """One line naming the input and the reason (``skipped input PATH: REASON``)."""
-        return f"skipped input {shown(self.path)}: {self.reason}"
+        """One line naming the input and the reason (``PATH: skipped, REASON``)."""
+        return f"{shown(self.path)}: skipped, {self.reason}"
 
 
 def shown(path: Path) -> str:
-    """``path`` as printed in messages: quoted (``repr``) when its name has unsafe characters, so
-    spaces, quotes and newlines stay visible and every message stays one line."""
-    if set(path.name) <= SAFE_CHARACTERS:
-        return str(path)
-    return repr(str(path))
+    """``path`` as printed in messages: as is, or quoted (``repr``) when it holds characters that
+    do not print (a newline), so every message stays one line."""
+    text = str(path)
+    return text if text.isprintable() else repr(text)
 
 
 def repeated_tail(name: str) -> tuple[str, int] | None:

@@ -197,7 +197,7 @@ def test_skipped_input_is_mailed_once_new_ones_again_and_gone_ones_forgotten(cro
     write_volume(cron.inputs / "bad name.tif")
     first = cron.run()
     assert first.returncode == 0, describe(first, cron)
-    assert "inputs skipped" in first.stdout and "bad name.tif': its name contains ' '" in first.stdout
+    assert "inputs skipped" in first.stdout and "bad name.tif: skipped, its name contains ' '" in first.stdout
     assert "bad name.tif" in state.read_text()
 
     second = cron.run()
@@ -207,7 +207,7 @@ def test_skipped_input_is_mailed_once_new_ones_again_and_gone_ones_forgotten(cro
     (cron.inputs / "gone.tif").symlink_to(cron.inputs / "moved-away.tif")
     third = cron.run()
     assert third.returncode == 0, describe(third, cron)
-    assert "gone.tif: it is a symbolic link" in third.stdout and "bad name.tif" not in third.stdout
+    assert "gone.tif: skipped, it is a symbolic link" in third.stdout and "bad name.tif" not in third.stdout
 
     (cron.inputs / "bad name.tif").unlink()
     fourth = cron.run()

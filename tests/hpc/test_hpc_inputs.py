@@ -31,7 +31,7 @@ def repo(tmp_path: Path) -> Path:
 
 
 def skip_lines(text: str) -> list[str]:
-    return [line for line in text.splitlines() if "skipped input" in line]
+    return [line for line in text.splitlines() if ": skipped, " in line]
 
 
 def test_good_acquisition_finishes_beside_bad_inputs(repo: Path, tmp_path: Path) -> None:
@@ -52,8 +52,8 @@ def test_good_acquisition_finishes_beside_bad_inputs(repo: Path, tmp_path: Path)
     assert (tmp_path / "results" / "good" / "denoised.ome.zarr").is_dir()
     expected = {**BAD_NAMES, "gone.tif": "symbolic link", "pipe.tif": "named pipe",
                 "notes.tif": "neither .tif/.tiff plane files nor OME-Zarr"}
-    warnings = [line for line in skip_lines(result.stderr) if line.startswith("n2vpipe: skipped input ")]
-    summary = [line for line in skip_lines(result.stdout) if line.startswith("  skipped input ")]
+    warnings = [line for line in skip_lines(result.stderr) if line.startswith("n2vpipe: ")]
+    summary = [line for line in skip_lines(result.stdout) if line.startswith("  ")]
     for lines in (warnings, summary):  # named once at the start, once in the end-of-run summary
         assert len(lines) == len(expected), "\n".join(lines)
         for name, reason in expected.items():
@@ -72,7 +72,7 @@ def test_failure_summary_names_skipped_inputs_too(repo: Path, tmp_path: Path) ->
     result = snakemake(repo, "--cores", "1", "--keep-going", "--configfile", str(config))
     assert result.returncode != 0, output_of(result)
     assert "1 acquisition(s) unfinished" in result.stderr, output_of(result)
-    assert any(line.startswith("  skipped input ") and "bad name.tif" in line
+    assert any(line.startswith("  ") and "bad name.tif: skipped, " in line
                for line in result.stderr.splitlines()), output_of(result)
 
 

@@ -143,11 +143,12 @@ printf 'n2vpipe-cron: snakemake exit status %s\n' "$rc" >>"$log"
 # ---------------------------------------------------------------- skipped inputs, reported once
 reported="$log_dir/skipped-inputs.reported"
 new_skips() {  # updates $reported; prints the skips it did not list yet
-    # "n2vpipe: discovery:" precedes the complete list; without it (a run refused before
-    # discovery) this run learnt nothing, and what was reported stays reported.
+    # Snakemake logs "n2vpipe: PATH: skipped, REASON" for each input it leaves out, after a
+    # "n2vpipe: discovery:" line; without that line (a run refused before discovery) this
+    # run learnt nothing, and what was reported stays reported.
     grep -q '^n2vpipe: discovery: ' "$log" || return 0
     local current="$reported.$$.tmp"
-    sed -n 's/^n2vpipe: \(skipped input .*\)$/\1/p' "$log" | LC_ALL=C sort -u >"$current"
+    sed -n 's/^n2vpipe: \(.*: skipped, .*\)$/\1/p' "$log" | LC_ALL=C sort -u >"$current"
     if [[ -f "$reported" ]]; then
         LC_ALL=C comm -13 <(LC_ALL=C sort -u "$reported") "$current"
     else
@@ -186,7 +187,7 @@ if ((rc != 0)); then
         if [[ -f "$slurm_log" ]]; then printf '  SLURM log: %s\n' "$slurm_log"; fi
     done < <(grep -oE '[^ (]*slurm_logs/[^ )]+\.log' "$log" | sort -u)
     grep -E '^n2vpipe: |^  [^ ]+: (logs in|not complete)' "$log" |
-        grep -v -E '^n2vpipe: (skipped input|discovery:) ' || true
+        grep -v -E '^n2vpipe: (.*: skipped, |discovery: )' || true
     report_skips
     exit "$rc"
 fi

@@ -38,7 +38,7 @@ if workflow.remote_exec:
 else:
     ACQUISITIONS, PENDING = split_arrived(DISCOVERED, ArrivalRule.from_mapping(config["arrival"]))
     # workflow/cron/n2vpipe-cron.sh reads these lines: the "discovery" line says the
-    # "skipped input" lines below it are the complete list of this run.
+    # "PATH: skipped, REASON" lines below it are the complete list of this run.
     logger.info(
         f"n2vpipe: discovery: {len(DISCOVERED)} acquisition(s) found in {config['input_dir']}, "
         f"{len(SKIPPED)} input(s) skipped"
