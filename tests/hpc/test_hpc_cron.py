@@ -226,3 +226,29 @@ def test_skipped_input_is_mailed_once_new_ones_again_and_gone_ones_forgotten(cro
     assert sixth.stdout.count("-dash.tif") == 1 and "starts with '-'" in sixth.stdout, sixth.stdout
     assert "bad name.tif" not in sixth.stdout and "gone.tif" not in sixth.stdout, sixth.stdout
     assert [p.name for p in state.parent.glob("*.tmp")] == [], "the state file is replaced, not left half-written"
+
+
+@pytest.mark.parametrize("results", ["incoming/results", "incoming", "."])
+def test_results_overlapping_inputs_is_refused_before_anything_is_written(cron: Cron, tmp_path: Path,
+                                                                          results: str) -> None:
+    write_volume(cron.inputs / "g.tif")
+    before = sorted(p.name for p in cron.inputs.iterdir())
+    command = cron.command()
+    command[-1] = str(tmp_path / results)
+    result = subprocess.run(command, env=cron.env, cwd=Path.home(), capture_output=True, text=True,
+                            stdin=subprocess.DEVNULL)
+    assert result.returncode == 1 and result.stdout == "", result
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1 and "overlap" in lines[0] and str(cron.inputs) in lines[0], result.stderr
+    assert sorted(p.name for p in cron.inputs.iterdir()) == before
+
+
+def test_results_that_cannot_be_created_are_named(cron: Cron, tmp_path: Path) -> None:
+    (tmp_path / "blocker").write_text("a file where the results should go")
+    command = cron.command()
+    command[-1] = str(tmp_path / "blocker" / "results")
+    result = subprocess.run(command, env=cron.env, cwd=Path.home(), capture_output=True, text=True,
+                            stdin=subprocess.DEVNULL)
+    assert result.returncode == 1, result
+    assert result.stderr == (f"n2vpipe-cron: cannot create or write the results folder {command[-1]}; "
+                             "fix its permissions or mount, or choose another\n")

@@ -88,7 +88,21 @@ if [[ ! -d "$input_arg" ]]; then
 fi
 # Absolute paths, the same every run (snakemake compares recorded input paths).
 input_dir="$(cd "$input_arg" && pwd)"
-mkdir -p "$results_arg/logs/cron"
+# Results kept apart from the inputs (links resolved), checked before this script writes
+# its logs there; the workflow checks the same again (and more) before any work.
+real_input="$(realpath -e "$input_arg")"
+real_results="$(realpath -m "$results_arg")"
+if [[ "$real_results/" == "$real_input/"* || "$real_input/" == "$real_results/"* ]]; then
+    printf 'n2vpipe-cron: results folder %s (= %s) and input folder %s (= %s) overlap; %s\n' \
+        "$results_arg" "$real_results" "$input_arg" "$real_input" \
+        "choose a results folder outside the input folder" >&2
+    exit 1
+fi
+if ! mkdir -p "$results_arg/logs/cron" 2>/dev/null || [[ ! -w "$results_arg/logs/cron" ]]; then
+    printf 'n2vpipe-cron: cannot create or write the results folder %s; %s\n' "$results_arg" \
+        "fix its permissions or mount, or choose another" >&2
+    exit 1
+fi
 results_dir="$(cd "$results_arg" && pwd)"
 log_dir="$results_dir/logs/cron"
 
