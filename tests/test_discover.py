@@ -4,6 +4,7 @@ by name with its reason, and the input/results folders are checked before any wo
 from __future__ import annotations
 
 import os
+import re
 import socket
 import subprocess
 from collections.abc import Iterator
@@ -13,6 +14,7 @@ import pytest
 from snakemake.io import PeriodicityDetector
 
 from n2vpipe.discover import (
+    SAFE_NAME,
     SkippedInput,
     discover_acquisitions,
     folder_problems,
@@ -54,6 +56,7 @@ def test_name_problem_gives_the_right_reason(name: str, expected: str | None) ->
     problem = name_problem(name)
     if expected is None:
         assert problem is None
+        assert re.fullmatch(SAFE_NAME, name), "an accepted name must pass the rules' wildcard constraint"
     else:
         assert problem is not None and expected in problem, problem
 
