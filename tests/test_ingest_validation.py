@@ -218,6 +218,22 @@ def test_rgb_samples_become_channels(tmp_path: Path, layout: dict) -> None:
     assert np.array_equal(array[:], np.moveaxis(rgb, -1, 0))
 
 
+@pytest.mark.parametrize(("axes", "layout", "canonical"), [
+    ("ZYXS", {"imagej": True, "photometric": "rgb"}, (3, 0, 1, 2)),
+    ("TZCYX", {"imagej": True, "compression": "zlib"}, (0, 2, 1, 3, 4)),
+    ("ZYXS", {"ome": True, "photometric": "rgb"}, (3, 0, 1, 2)),
+    ("TCZYX", {"ome": True, "tile": (32, 32), "compression": "zstd"}, (0, 1, 2, 3, 4)),
+], ids=["imagej-rgb", "imagej-tzcyx-zlib", "ome-rgb", "ome-tczyx-tiles"])
+def test_valid_hyperstacks_pass_the_plane_count_checks(tmp_path: Path, axes: str, layout: dict,
+                                                       canonical: tuple[int, ...]) -> None:
+    """ImageJ and OME-XML counts of RGB and multi-dimensional files agree with their series (no false alarm)."""
+    shape = {"T": 2, "Z": 3, "C": 2, "Y": 40, "X": 64, "S": 3}
+    data = np.random.default_rng(1).integers(0, 255, size=[shape[a] for a in axes], dtype=np.uint8)
+    tifffile.imwrite(tmp_path / "in.tif", data, metadata={"axes": axes}, **layout)
+    ingest_tiff(tmp_path / "in.tif", tmp_path / "out.ome.zarr", CHUNKS)
+    assert np.array_equal(open_ome_zarr(tmp_path / "out.ome.zarr")[0][:], data.transpose(canonical))
+
+
 def plane_folder(folder: Path, planes: int = 6) -> Path:
     """A folder of ``planes`` 64x48 uint16 plane TIFFs, compressed so that each plane has its own strips."""
     folder.mkdir()

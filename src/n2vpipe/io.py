@@ -246,7 +246,9 @@ def _check_imagej_counts(path: Path, tif: tifffile.TiffFile, series: tifffile.Ti
     claimed = {key: int(imagej.get(key, 1)) for key in ("images", "slices", "channels", "frames")}
     planes = _series_planes(series)
     samples = dict(zip(series.axes, series.shape)).get("S", 1)
-    found = {"slices": planes.get("Z", 1), "channels": planes.get("C", samples), "frames": planes.get("T", 1)}
+    found = {"slices": planes.get("Z", 1), "channels": planes.get("C", 1), "frames": planes.get("T", 1)}
+    if "C" not in planes and claimed["channels"] == samples:  # RGB, or samples that Bio-Formats calls channels
+        found["channels"] = samples
     images = int(np.prod(list(planes.values()), dtype=np.int64))
     images_match = claimed["images"] in (1, images, images * samples)
     if series.kind != "imagej" or any(found[key] != claimed[key] for key in found) or not images_match:
