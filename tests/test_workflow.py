@@ -15,8 +15,8 @@ from ome_zarr.reader import Reader
 from ome_zarr.writer import write_image
 
 from conftest import REPO, run_snakemake
-from n2vpipe.io import open_ome_zarr
-from synthetic import poisson_gaussian, smooth_blobs
+from n2vpipe.io import open_ome_zarr, partial_path
+from synthetic import poisson_gaussian, smooth_blobs, truncated_imagej_stack
 
 pytestmark = pytest.mark.workflow
 
@@ -41,7 +41,9 @@ def write_config(folder: Path, **overrides: object) -> Path:
 
 @pytest.fixture(scope="module")
 def finished_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, np.ndarray, object]:
-    """One pipeline run over a 3D volume with known ground truth, a 2D image, a ZCYX stack and a broken file."""
+    """One pipeline run over a 3D volume with known ground truth, a 2D image, a ZCYX stack, and damaged or
+    unsupported files: one that is no TIFF, an ImageJ stack cut short after 3 of its 10 planes (tifffile reads it as
+    a 2D image of its first plane) and a complex-valued TIFF."""
     folder = tmp_path_factory.mktemp("workflow")
     (folder / "in").mkdir()
     clean = smooth_blobs((32, 64, 64), seed=0)
@@ -54,6 +56,8 @@ def finished_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, np.nda
     write_image(poisson_gaussian(smooth_blobs((16, 32, 32), seed=6), seed=7), str(folder / "in" / "inplace.ome.zarr"),
                 axes="zyx", scale_factors=(), scale={"z": 0.5, "y": 0.2, "x": 0.2})
     (folder / "in" / "broken.tif").write_bytes(b"not a tiff")
+    truncated_imagej_stack(folder / "in" / "cutshort.tif", planes=10, kept=3)
+    tifffile.imwrite(folder / "in" / "spectrum.tif", np.ones((4, 16, 16), np.complex64), photometric="minisblack")
     (folder / "in" / "bad name!.tif").write_bytes(b"never read")
     config = write_config(folder)
     result = run_snakemake(["--configfile", str(config), "--cores", "2", "--keep-going"], cwd=folder,
@@ -70,6 +74,25 @@ def test_failed_input_is_named_and_costs_no_other_acquisition(finished_run) -> N
     assert "bad name!.tif: skipped" in result.stderr
     for acq in ("blobs", "flat", "twochannel", "inplace"):
         assert (folder / "results" / acq / "denoised.ome.zarr").is_dir(), acq
+
+
+@pytest.mark.parametrize(("acq", "problem"), [
+    ("broken", "not a readable TIFF"),
+    ("cutshort", "ImageJ metadata claims 10 images (10 slices, 1 channels, 1 frames) but the file holds a YX series"),
+    ("spectrum", "voxels are complex (complex64), which n2vpipe refuses"),
+])
+def test_each_damaged_input_fails_alone_with_one_error_line_and_nothing_published(finished_run, acq: str,
+                                                                                  problem: str) -> None:
+    """The ingest log holds exactly one error line, naming the file and the problem; no output, finished or
+    partial, exists for that acquisition; every good acquisition finished (see above)."""
+    folder, _, result = finished_run
+    results = folder / "results" / acq
+    errors = [line for line in (results / "logs" / "ingest.log").read_text().splitlines() if " ERROR " in line]
+    assert len(errors) == 1 and f"{folder / 'in' / acq}.tif: {problem}" in errors[0], errors
+    published = [p.name for p in results.iterdir() if p.name.endswith((".zarr", ".partial", ".tif"))
+                 or p.name in ("model", "qc")]
+    assert not published and not partial_path(results / "raw.ome.zarr").exists(), published
+    assert (folder / "results" / "blobs" / "denoised.ome.zarr").is_dir()
 
 
 def test_ome_zarr_input_is_read_in_place(finished_run) -> None:
