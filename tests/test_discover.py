@@ -3,16 +3,21 @@ by name with its reason, and the input/results folders are checked before any wo
 
 from __future__ import annotations
 
+import json
 import os
 import re
+import shutil
 import socket
 import subprocess
+import sys
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from snakemake.io import PeriodicityDetector
 
+import n2vpipe
 from n2vpipe.discover import (
     SAFE_NAME,
     SkippedInput,
@@ -106,14 +111,38 @@ def test_unreadable_inputs_are_skipped_with_their_reason(inputs: Path, tmp_path:
     assert "neither .tif/.tiff plane files nor OME-Zarr" in why["notes.tif"]
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root reads files whatever their mode bits")
-def test_file_without_read_permission_is_skipped(inputs: Path) -> None:
-    locked = inputs / "locked.tif"
-    locked.write_bytes(b"II*\0")
-    locked.chmod(0)
-    found, skipped = discover_acquisitions(inputs, PATTERNS)
-    assert found == {}
-    assert "permission denied" in reasons(skipped)["locked.tif"]
+DISCOVER_AND_PRINT = """
+import json
+import sys
+from n2vpipe.discover import discover_acquisitions
+found, skipped = discover_acquisitions(sys.argv[1], ["*.tif"])
+print(json.dumps([sorted(found), {skip.path.name: skip.reason for skip in skipped}]))
+"""
+
+
+def test_file_without_read_permission_is_skipped() -> None:
+    # Root reads whatever the mode bits say, so as root discovery runs as user nobody (setpriv).
+    as_user: list[str] = []
+    if os.geteuid() == 0:
+        if shutil.which("setpriv") is None:
+            pytest.skip("running as root and setpriv is missing to drop to another user")
+        as_user = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
+    folder = Path(tempfile.mkdtemp(prefix="n2vpipe-perm-", dir="/tmp"))  # reachable by that user
+    try:
+        folder.chmod(0o755)
+        (folder / "open.tif").write_bytes(b"II*\0")
+        (folder / "open.tif").chmod(0o644)
+        (folder / "locked.tif").write_bytes(b"II*\0")
+        (folder / "locked.tif").chmod(0)
+        src = Path(n2vpipe.__file__).parents[1]
+        result = subprocess.run([*as_user, sys.executable, "-c", DISCOVER_AND_PRINT, str(folder)],
+                                capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(src)})
+    finally:
+        shutil.rmtree(folder)
+    assert result.returncode == 0, result.stderr
+    found, skipped = json.loads(result.stdout)
+    assert found == ["open"] and list(skipped) == ["locked.tif"]
+    assert skipped["locked.tif"].startswith("it cannot be read (permission denied)")
 
 
 def test_name_claimed_twice_keeps_the_first(inputs: Path) -> None:
