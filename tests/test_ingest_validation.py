@@ -234,6 +234,35 @@ def test_valid_hyperstacks_pass_the_plane_count_checks(tmp_path: Path, axes: str
     assert np.array_equal(open_ome_zarr(tmp_path / "out.ome.zarr")[0][:], data.transpose(canonical))
 
 
+MULTI_FILE_OME = (
+    '<?xml version="1.0" encoding="UTF-8"?><OME xmlns="http://www.openmicroscopy.org/Schemas/OME/2016-06" '
+    'UUID="urn:uuid:{uuid}"><Image ID="Image:0"><Pixels DimensionOrder="XYZCT" ID="Pixels:0" SizeX="48" '
+    'SizeY="64" SizeZ="4" SizeC="1" SizeT="1" Type="uint16"><Channel ID="Channel:0:0" SamplesPerPixel="1"/>'
+    '<TiffData FirstZ="0" IFD="0" PlaneCount="2"><UUID FileName="a.ome.tif">urn:uuid:a</UUID></TiffData>'
+    '<TiffData FirstZ="2" IFD="0" PlaneCount="2"><UUID FileName="b.ome.tif">urn:uuid:b</UUID></TiffData>'
+    '</Pixels></Image></OME>')
+
+
+@pytest.mark.parametrize("damage", [None, "second-file-cut", "second-file-missing"])
+def test_a_multi_file_ome_series_is_checked_across_its_files(tmp_path: Path, damage: str | None) -> None:
+    """Planes 2-3 of a.ome.tif's series live in b.ome.tif: the claimed size counts both files (no false alarm on
+    uncompressed data), and a cut or missing second file fails the acquisition."""
+    for name, planes in (("a", STACK[:2]), ("b", STACK[2:4])):
+        tifffile.imwrite(tmp_path / f"{name}.ome.tif", planes, description=MULTI_FILE_OME.format(uuid=name),
+                         metadata=None)
+    if damage == "second-file-cut":
+        truncate_file(tmp_path / "b.ome.tif", 6000)
+    elif damage == "second-file-missing":
+        (tmp_path / "b.ome.tif").unlink()
+    src, dst = tmp_path / "a.ome.tif", tmp_path / "a.ome.zarr"
+    if damage is None:
+        ingest_tiff(src, dst, CHUNKS)
+        assert np.array_equal(open_ome_zarr(dst)[0][:], STACK[:4])
+    else:
+        assert_refused(src, dst, f"its files ({src}, {tmp_path / 'b.ome.tif'}) hold" if damage == "second-file-cut"
+                       else "failed to read")
+
+
 def plane_folder(folder: Path, planes: int = 6) -> Path:
     """A folder of ``planes`` 64x48 uint16 plane TIFFs, compressed so that each plane has its own strips."""
     folder.mkdir()

@@ -279,23 +279,34 @@ def _stored_bytes(samples: int, bits_per_sample: int) -> int:
     return -(-samples * bits_per_sample // 8)
 
 
-def _check_claimed_size(path: Path, series: tifffile.TiffPageSeries, file_size: int) -> None:
-    """The bytes the header's shape x dtype claims against the file's size (uncompressed: at most the file;
-    compressed: at most :data:`MAX_COMPRESSION_RATIO` times it)."""
+def _files_on_disk(tif: tifffile.TiffFile, series: tifffile.TiffPageSeries) -> dict[str, int]:
+    """Size of each file the series' planes are in: ``tif`` alone, or the files of a multi-file OME series."""
+    if not series.is_multifile:
+        return {tif.filehandle.path: tif.filehandle.size}
+    return {page.parent.filehandle.path: page.parent.filehandle.size for page in series.pages if page is not None}
+
+
+def _check_claimed_size(path: Path, series: tifffile.TiffPageSeries, files: Mapping[str, int]) -> None:
+    """The bytes the header's shape x dtype claims against the size of the ``files`` holding them
+    (uncompressed: at most their size; compressed: at most :data:`MAX_COMPRESSION_RATIO` times it)."""
     claimed = _stored_bytes(int(np.prod(series.shape, dtype=object)), series.keyframe.bitspersample)
     compressed = series.keyframe.compression != 1
-    if claimed > file_size * (MAX_COMPRESSION_RATIO if compressed else 1):
-        raise InputError(f"{path}: header claims {series.shape} {series.dtype} voxels ({claimed:,} bytes) but the "
-                         f"file holds {file_size:,} bytes{' (compressed)' if compressed else ''}: it is cut short "
-                         "or its header is damaged; copy or export it again")
+    on_disk = sum(files.values())
+    if claimed > on_disk * (MAX_COMPRESSION_RATIO if compressed else 1):
+        holders = "the file holds" if len(files) == 1 else f"its files ({', '.join(map(str, files))}) hold"
+        raise InputError(f"{path}: header claims {series.shape} {series.dtype} voxels ({claimed:,} bytes) but "
+                         f"{holders} {on_disk:,} bytes{' (compressed)' if compressed else ''}: it is cut short or "
+                         "its header is damaged; copy or export it again")
 
 
-def _check_page_data(path: Path, series: tifffile.TiffPageSeries, file_size: int) -> None:
-    """Every plane of the series present, and each of its strips or tiles non-empty and inside the file.
+def _check_page_data(path: Path, tif: tifffile.TiffFile, series: tifffile.TiffPageSeries) -> None:
+    """Every plane of the series present, and each of its strips or tiles non-empty and inside the file
+    that holds it (``tif``, or another file of a multi-file OME series).
 
     tifffile reads a missing strip (offset or byte count 0) as zeros, so this is what keeps a damaged
     file from being ingested as zero-filled chunks.
     """
+    file_size = tif.filehandle.size
     if series.dataoffset is not None:
         if series.dataoffset <= 0 or series.dataoffset + series.nbytes > file_size:
             raise InputError(f"{path}: image data ({series.nbytes:,} bytes from offset {series.dataoffset}) run past "
@@ -311,16 +322,18 @@ def _check_page_data(path: Path, series: tifffile.TiffPageSeries, file_size: int
     for page in present:
         offsets = np.asarray(page.dataoffsets, dtype=np.int64)
         counts = np.asarray(page.databytecounts, dtype=np.int64)
+        holder = page.parent.filehandle
         problem = None
         if len(offsets) != chunks or len(counts) != chunks:
             problem = f"{len(offsets)} strip/tile offsets and {len(counts)} byte counts where {chunks} belong"
         elif (offsets <= 0).any() or (counts <= 0).any():
             problem = "strips/tiles with offset or byte count 0 (missing data)"
-        elif (offsets + counts > file_size).any():
-            problem = f"strips/tiles past the end of the file ({file_size:,} bytes)"
+        elif (offsets + counts > holder.size).any():
+            problem = f"strips/tiles past the end of the file ({holder.size:,} bytes)"
         if problem:
-            raise InputError(f"{path}: image plane {page.index} has {problem}: the file is cut short or damaged; "
-                             "copy or export it again")
+            where = "" if page.parent is tif else f" (in {holder.path})"
+            raise InputError(f"{path}: image plane {page.index}{where} has {problem}: the file is cut short or "
+                             "damaged; copy or export it again")
 
 
 def check_tiff_series(path: Path, tif: tifffile.TiffFile, series: tifffile.TiffPageSeries) -> None:
@@ -331,11 +344,15 @@ def check_tiff_series(path: Path, tif: tifffile.TiffFile, series: tifffile.TiffP
     non-empty and inside the file. Raises :class:`InputError` naming ``path`` and the problem.
     """
     check_dtype(path, series.dtype)
-    file_size = tif.filehandle.size
-    _check_claimed_size(path, series, file_size)
+    _check_claimed_size(path, series, _files_on_disk(tif, series))
     _check_imagej_counts(path, tif, series)
     _check_ome_counts(path, tif, series)
-    _check_page_data(path, series, file_size)
+    _check_page_data(path, tif, series)
+
+
+def _reported(complaints: Sequence[str]) -> str:
+    """What tifffile logged about a damaged file, as the tail of an error message (nothing if it logged nothing)."""
+    return f" (tifffile reports: {'; '.join(dict.fromkeys(complaints))})" if complaints else ""
 
 
 def open_checked_tiff(path: Path, stack: contextlib.ExitStack) -> tuple[tifffile.TiffFile, tifffile.TiffPageSeries]:
@@ -355,12 +372,15 @@ def open_checked_tiff(path: Path, stack: contextlib.ExitStack) -> tuple[tifffile
     except (tifffile.TiffFileError, OSError, ElementTree.ParseError, struct.error, IndexError, RuntimeError) as err:
         # tifffile's header parsing raises IndexError for a page past the end of the IFD chain and
         # RuntimeError ("incompatible keyframe") for a page whose strip/tile tables do not fit the first
-        reported = f"; tifffile reports: {'; '.join(dict.fromkeys(complaints))}" if complaints else ""
-        raise InputError(f"{path}: not a readable TIFF ({err}{reported}): it is cut short, damaged or no TIFF at "
-                         "all; copy or export it again") from err
+        raise InputError(f"{path}: not a readable TIFF ({err}): it is cut short, damaged or no TIFF at all; copy "
+                         f"or export it again{_reported(complaints)}") from err
+    except InputError as err:
+        if not complaints:
+            raise
+        raise InputError(f"{err}{_reported(complaints)}") from err
     if complaints:
-        raise InputError(f"{path}: damaged TIFF, tifffile reports: {'; '.join(dict.fromkeys(complaints))}; it is cut "
-                         "short or corrupted: copy or export it again")
+        raise InputError(f"{path}: damaged TIFF: it is cut short or corrupted; copy or export it again"
+                         f"{_reported(complaints)}")
     if not series:
         raise InputError(f"{path}: TIFF holds no image series")
     return tif, series[0]
