@@ -1,10 +1,10 @@
 # Acquisition discovery, per-acquisition settings and resource helpers shared by all rules.
 
 import math
+import sys
 
 import yaml
 
-from snakemake.exceptions import WorkflowError
 from snakemake.logging import logger
 
 from n2vpipe.io import is_ome_zarr
@@ -23,10 +23,11 @@ SCHEMA = workflow.source_path("../../config/schema.yaml")
 RESULTS = config["results_dir"].rstrip("/")
 if not workflow.remote_exec:
     # Before any work: results kept apart from the inputs, and writable. (Cluster jobs skip
-    # this: the submitting run checked it.) One line per problem, no traceback to read.
+    # this: the submitting run checked it.) sys.exit prints one line per problem, where an
+    # exception would add snakemake's file/line header and stack.
     FOLDER_PROBLEMS = folder_problems(config["input_dir"], RESULTS)
     if FOLDER_PROBLEMS:
-        raise WorkflowError("\n".join(f"n2vpipe: {problem}" for problem in FOLDER_PROBLEMS))
+        sys.exit("\n".join(f"n2vpipe: {problem}" for problem in FOLDER_PROBLEMS))
 DISCOVERED, SKIPPED = discover_acquisitions(config["input_dir"], config["input_patterns"])
 # Absolute input paths: Snakemake records them, so `input_dir: data/in` and `/abs/data/in`
 # (as cron passes it) must not look like a changed input.
