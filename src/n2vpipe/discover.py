@@ -234,6 +234,16 @@ def config_for(config: Mapping[str, Any], acquisition: str) -> dict[str, Any]:
     return deep_merge({k: v for k, v in config.items() if k != "acquisitions"}, overrides)
 
 
+RUN_ONLY: dict[str, tuple[str, ...]] = {
+    "train": ("device", "checkpoint_every"),
+    "predict": ("device", "scheduler_address", "jobs"),
+}
+"""Settings that change how a job runs but not what it produces, per config section. They are not
+job params, so editing them reruns nothing (scripts read them from the config), and a training
+checkpoint written under other values of them is resumed. ``predict.jobs`` still reruns inference:
+it changes which jobs there are."""
+
+
 def canonical(value: Any) -> Any:
     """``value`` with every mapping's keys sorted (recursively), so its ``repr`` is stable.
 

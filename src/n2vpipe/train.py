@@ -35,6 +35,7 @@ import torch
 import zarr
 from tqdm import tqdm
 
+from n2vpipe.discover import RUN_ONLY
 from n2vpipe.io import (
     ImageMeta,
     atomic_output,
@@ -56,9 +57,8 @@ CHECKPOINT_FILE = "checkpoint.pt"
 LOG_FILE = "training_log.csv"
 LOG_COLUMNS = ("step", "train_loss", "val_loss", "learning_rate", "elapsed_s")
 CHECKPOINT_FORMAT = 2
-# Settings that change how a run goes but not what it computes (the workflow's RUN_ONLY train keys):
-# a checkpoint written under other values of these is resumed all the same.
-RUN_ONLY_SETTINGS = ("device", "checkpoint_every")
+RUN_ONLY_SETTINGS = RUN_ONLY["train"]
+"""Training settings a checkpoint written under other values of is resumed all the same."""
 # Signals after which training checkpoints at the end of its current step and exits (SLURM's time limit).
 STOP_SIGNALS = (signal.SIGTERM,)
 

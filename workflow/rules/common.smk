@@ -9,6 +9,7 @@ from snakemake.logging import logger
 
 from n2vpipe.io import is_ome_zarr
 from n2vpipe.discover import (
+    RUN_ONLY,
     SAFE_NAME,
     ArrivalRule,
     canonical,
@@ -58,10 +59,6 @@ wildcard_constraints:
     acq=SAFE_NAME,
 
 
-# Settings that change how a job runs but not what it produces: they are not job params,
-# so editing them reruns nothing (scripts read them from snakemake.config). predict.jobs
-# still reruns inference, because it changes which jobs there are.
-RUN_ONLY = {"train": ("device", "checkpoint_every"), "predict": ("device", "scheduler_address", "jobs")}
 
 
 def settings(section):
