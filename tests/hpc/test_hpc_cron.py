@@ -26,6 +26,13 @@ from .conftest import (
 
 pytestmark = pytest.mark.workflow
 MIN_AGE = 3  # seconds an input must be unchanged before a cron run takes it
+HOLD_RESULTS_LOCK = """
+import sys, time
+from n2vpipe.lock import acquire_results_lock
+acquire_results_lock(sys.argv[1])
+print("held", flush=True)
+time.sleep(120)
+"""
 
 
 @dataclass
@@ -162,6 +169,26 @@ def test_overlapping_runs_do_not_interfere(cron: Cron) -> None:
     again = cron.run()
     assert again.returncode == 0, describe(again, cron)
     assert jobs_in(cron.last_log()) == set()
+
+
+def test_a_run_started_by_hand_keeps_cron_out_of_its_results(cron: Cron) -> None:
+    write_volume(cron.inputs / "e.tif", seed=4)
+    settle()
+    holder = subprocess.Popen([str(BIN / "python"), "-c", HOLD_RESULTS_LOCK, str(cron.results)],
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        result = cron.run()
+    finally:
+        holder.kill()
+        holder.wait()
+    assert result.returncode == 0, describe(result, cron)
+    assert f"another n2vpipe run holds {cron.results} (" in result.stdout, describe(result, cron)
+    assert f'"pid": {holder.pid}' in result.stdout
+    assert cron.logs() == [], "cron must not start snakemake beside the other run"
+    after = cron.run()
+    assert after.returncode == 0, describe(after, cron)
+    assert cron.complete("e")
 
 
 def test_failed_acquisition_is_reported_and_retried_without_blocking_new_ones(cron: Cron) -> None:

@@ -9,7 +9,8 @@
 #   */10 * * * * /opt/n2vpipe/workflow/cron/n2vpipe-cron.sh /data/incoming /data/n2vpipe
 #
 # * One run at a time: `flock -n` on RESULTS_DIR/.n2vpipe-cron.lock. A run that finds it
-#   held prints one line and exits 0 (the running one will finish the work).
+#   held, or finds RESULTS_DIR/.n2vpipe.lock held by a run started otherwise (by hand, from
+#   another clone), prints one line and exits 0 (the running one will finish the work).
 # * Only complete inputs are taken: unchanged for N2VPIPE_MIN_AGE seconds and, when the
 #   config sets arrival.marker_suffix (e.g. ".done"), with their marker file. Others are
 #   left for a later run (named in the log).
@@ -111,6 +112,13 @@ lock="$results_dir/.n2vpipe-cron.lock"
 exec {lock_fd}>>"$lock"
 if ! flock -n "$lock_fd"; then
     printf 'n2vpipe-cron: another run is still active (lock %s held); this one does nothing\n' "$lock"
+    exit 0
+fi
+# A run started by hand or from another clone holds the pipeline's own results lock: leave the work to it.
+results_lock="$results_dir/.n2vpipe.lock"
+if [[ -e "$results_lock" ]] && ! flock -n -s "$results_lock" true; then
+    printf 'n2vpipe-cron: another n2vpipe run holds %s (%s); this one does nothing\n' \
+        "$results_dir" "$(tr -d '\n' <"$results_lock")"
     exit 0
 fi
 
