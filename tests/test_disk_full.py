@@ -14,7 +14,7 @@ import pytest
 import tifffile
 
 from n2vpipe.ingest import ingest_tiff
-from n2vpipe.io import DiskFullError, partial_path
+from n2vpipe.io import DiskFullError, export_tiff, open_ome_zarr, partial_path
 from n2vpipe.jobs import job_logging
 from n2vpipe.model_io import WEIGHTS_FILE
 from n2vpipe.predict import DONE_DIR, predict_part, predict_volume
@@ -152,3 +152,28 @@ def test_no_room_for_a_done_marker_names_it_and_the_block_is_redone(trained_3d: 
     assert f"{done_dir}/t0_c0_" in line and ": no space left on device" in line
     assert not temporary_files(tmp_path) and len(os.listdir(done_dir)) == 8 and not dst.exists()
     assert predict_part(raw, model, dst, BLOCK, part=1, parts=4).blocks == 8, "unmarked blocks are done again"
+
+
+def test_full_disk_during_ingest_names_the_output_and_leaves_nothing(small_disk: Path, tmp_path: Path) -> None:
+    """A 16x64x64 float32 stack (256 kB, noise: it barely compresses) does not fit in 64 kB."""
+    source = tmp_path / "vol.tif"
+    tifffile.imwrite(source, poisson_gaussian(smooth_blobs((16, 64, 64), seed=0), seed=1).astype("float32"))
+    dst = small_disk / "raw.ome.zarr"
+    fill(small_disk, 64 * 1024)
+    with pytest.raises(DiskFullError), job_logging(tmp_path / "ingest.log"):
+        ingest_tiff(source, dst, BLOCK)
+    assert f"{dst}: no space left on device" in first_error_line(tmp_path / "ingest.log")
+    assert not dst.exists() and not partial_path(dst).exists()
+    assert not temporary_files(small_disk)
+
+
+def test_full_disk_during_tiff_export_names_the_file_and_leaves_nothing(trained_3d: tuple[Path, Path],
+                                                                         small_disk: Path, tmp_path: Path) -> None:
+    raw, _ = trained_3d
+    array, meta = open_ome_zarr(raw)
+    dst = small_disk / "denoised.tif"
+    fill(small_disk, 32 * 1024)
+    with pytest.raises(DiskFullError), job_logging(tmp_path / "export.log"):
+        export_tiff(array, meta, dst)
+    assert f"{dst}: no space left on device" in first_error_line(tmp_path / "export.log")
+    assert not dst.exists() and not partial_path(dst).exists()

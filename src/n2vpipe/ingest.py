@@ -23,6 +23,7 @@ from n2vpipe.io import (
     configure_zarr,
     create_ome_zarr,
     open_tiff_lazy,
+    reporting_disk_full,
     write_pyramid,
 )
 
@@ -136,7 +137,7 @@ def ingest_tiff(
         log.info("ingest %s: axes %s shape %s dtype %s voxel %s %s, read %s", src, meta.axes, meta.shape,
                  meta.dtype, meta.scale, meta.unit,
                  "by byte range" if reader is source else f"in whole strips/tiles of {source.chunks[-2:]}")
-        with atomic_output(dst) as partial:
+        with atomic_output(dst) as partial, reporting_disk_full(dst):
             target = create_ome_zarr(partial, meta, chunks, codec, name=Path(dst).parent.name,
                                      extra_attrs={"source": str(src)})
             sink = NonFiniteCounter(target) if np.dtype(meta.dtype).kind == "f" else target

@@ -688,6 +688,27 @@ class DiskFullError(OSError):
     """An output could not be written for lack of space (or quota); the message names the path."""
 
 
+SHORT_WRITE_FREE_BYTES = 2**20
+"""A write that came up short (numpy's ``tofile``: "4096 requested and 3912 written", no errno)
+counts as a full disk when less than this is left on the file system."""
+
+
+def _free_bytes(path: Path) -> int:
+    """Bytes left to unprivileged users on the file system that holds ``path`` (or its nearest parent)."""
+    existing = Path(path).absolute()
+    while not existing.exists():
+        existing = existing.parent
+    stats = os.statvfs(existing)
+    return stats.f_bavail * stats.f_frsize
+
+
+def _is_disk_full(err: OSError, path: Path) -> bool:
+    """Whether ``err``, raised while writing ``path``, means that its file system is full (or over quota)."""
+    if err.errno in DISK_FULL_ERRNOS:
+        return True
+    return err.errno is None and _free_bytes(path) < SHORT_WRITE_FREE_BYTES
+
+
 @contextlib.contextmanager
 def reporting_disk_full(path: Path) -> Iterator[None]:
     """Re-raise "no space left on device" (or over quota) while writing ``path`` as a
@@ -697,10 +718,11 @@ def reporting_disk_full(path: Path) -> Iterator[None]:
     except DiskFullError:
         raise
     except OSError as err:
-        if err.errno not in DISK_FULL_ERRNOS:
+        if not _is_disk_full(err, path):
             raise
-        raise DiskFullError(err.errno, f"{path}: no space left on device ({err.strerror}); free space there "
-                                       "or point results_dir elsewhere, then rerun") from err
+        reason = err.strerror or str(err)
+        raise DiskFullError(errno.ENOSPC, f"{path}: no space left on device ({reason}); free space there "
+                                          "or point results_dir elsewhere, then rerun") from err
 
 
 def write_bytes_atomic(path: Path, data: bytes) -> None:
@@ -737,7 +759,7 @@ def read_planes_zcyx(array: zarr.Array, meta: ImageMeta) -> Iterator[np.ndarray]
                 for axis, value in (("t", t), ("z", z), ("c", c)):
                     if axis in index:
                         key[index[axis]] = value
-                yield np.asarray(array[tuple(key)])
+                yield read_region(array, tuple(key))
 
 
 def export_tiff(array: zarr.Array, meta: ImageMeta, dst: Path) -> None:
@@ -748,7 +770,7 @@ def export_tiff(array: zarr.Array, meta: ImageMeta, dst: Path) -> None:
     metadata: dict[str, Any] = {"axes": imagej_axes, "unit": "um" if meta.unit == "micrometer" else meta.unit}
     if "z" in scale:
         metadata["spacing"] = scale["z"]
-    with atomic_output(dst) as partial:
+    with atomic_output(dst) as partial, reporting_disk_full(dst):
         tifffile.imwrite(
             partial,
             read_planes_zcyx(array, meta),
