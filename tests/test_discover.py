@@ -29,6 +29,7 @@ from n2vpipe.discover import (
     unwritable_problem,
 )
 from n2vpipe.io import InputError
+from mounts import tmpfs
 
 PATTERNS = ("*.tif", "*.tiff", "*.ome.zarr")
 
@@ -205,14 +206,8 @@ def read_only_folder(tmp_path: Path) -> Iterator[Path]:
     """A read-only tmpfs mount (mode bits do not stop root; a read-only mount does)."""
     mount = tmp_path / "ro"
     mount.mkdir()
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", str(mount)],
-                          capture_output=True, text=True)
-    if done.returncode != 0:
-        pytest.skip(f"cannot mount a read-only tmpfs here: {done.stderr.strip()}")
-    try:
+    with tmpfs(mount, "ro,size=1m"):
         yield mount
-    finally:
-        subprocess.run(["umount", str(mount)], check=True)
 
 
 def test_results_on_a_read_only_mount_are_refused(read_only_folder: Path) -> None:

@@ -4,9 +4,7 @@ behind and nothing looks finished. The disk is a real, small tmpfs (the tests ru
 
 from __future__ import annotations
 
-import contextlib
 import os
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -19,6 +17,7 @@ from n2vpipe.jobs import job_logging
 from n2vpipe.model_io import WEIGHTS_FILE
 from n2vpipe.predict import DONE_DIR, predict_part, predict_volume
 from n2vpipe.train import CHECKPOINT_FILE, LOG_FILE, TrainConfig, train_n2v
+from mounts import tmpfs
 from synthetic import poisson_gaussian, smooth_blobs
 
 BLOCK = {"z": 8, "y": 16, "x": 16}
@@ -26,22 +25,6 @@ BLOCK = {"z": 8, "y": 16, "x": 16}
 TRAIN_2D = dict(patch={"y": 32, "x": 32}, batch_size=2, base_filters=4, validate_every=2, validation_patches=2,
                 pool_tiles=2, device="cpu")
 FREE_FOR_TRAINING = 16 * 1024
-
-
-@contextlib.contextmanager
-def tmpfs(mount_point: Path, options: str) -> Iterator[Path]:
-    """A tmpfs with ``options`` mounted at ``mount_point`` while the block runs, then unmounted (lazily: a file
-    left open there cannot keep it mounted); the test is skipped where mounting is not permitted."""
-    if os.geteuid() != 0:
-        pytest.skip("mounting a small tmpfs needs root")
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(mount_point)],
-                             capture_output=True, text=True)
-    if mounted.returncode != 0:
-        pytest.skip(f"mounting a tmpfs is not permitted here: {mounted.stderr.strip()}")
-    try:
-        yield mount_point
-    finally:
-        subprocess.run(["umount", "--lazy", str(mount_point)], check=True)
 
 
 @pytest.fixture()

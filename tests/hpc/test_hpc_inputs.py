@@ -9,6 +9,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from mounts import tmpfs
 
 from .conftest import ALL_RULES, copy_workflow, expand_jobs, jobs_in, output_of, snakemake, write_config, write_volume
 
@@ -109,14 +110,8 @@ def read_only_mount(tmp_path: Path) -> Iterator[Path]:
     """A read-only tmpfs (root ignores mode bits, not a read-only mount)."""
     mount = tmp_path / "ro"
     mount.mkdir()
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", str(mount)],
-                          capture_output=True, text=True)
-    if done.returncode != 0:
-        pytest.skip(f"cannot mount a read-only tmpfs here: {done.stderr.strip()}")
-    try:
+    with tmpfs(mount, "ro,size=1m"):
         yield mount
-    finally:
-        subprocess.run(["umount", str(mount)], check=True)
 
 
 @pytest.mark.parametrize(("results", "expected"), [
