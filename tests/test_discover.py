@@ -28,7 +28,7 @@ from n2vpipe.discover import (
     unmatched_overrides,
     unwritable_problem,
 )
-from n2vpipe.io import InputError
+from n2vpipe.errors import InputError
 from mounts import tmpfs
 
 PATTERNS = ("*.tif", "*.tiff", "*.ome.zarr")

@@ -12,7 +12,8 @@ import pytest
 import tifffile
 
 from n2vpipe.ingest import ingest_tiff
-from n2vpipe.io import DiskFullError, export_tiff, open_ome_zarr, partial_path
+from n2vpipe.errors import DiskFullError
+from n2vpipe.io import export_tiff, open_ome_zarr, partial_path
 from n2vpipe.jobs import job_logging
 from n2vpipe.model_io import WEIGHTS_FILE
 from n2vpipe.predict import DONE_DIR, predict_part, predict_volume

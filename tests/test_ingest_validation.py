@@ -14,7 +14,9 @@ import pytest
 import tifffile
 
 from n2vpipe.ingest import ingest_tiff
-from n2vpipe.io import DTYPE_POLICY, InputError, open_ome_zarr, partial_path
+from n2vpipe.errors import InputError
+from n2vpipe.io import open_ome_zarr, partial_path
+from n2vpipe.tiff_checks import DTYPE_POLICY
 from synthetic import overwrite_tags, truncate_file, truncated_imagej_stack
 
 CHUNKS = {"z": 4, "y": 32, "x": 32}
@@ -126,7 +128,7 @@ def test_missing_pages_and_forged_plane_counts_are_refused(tmp_path: Path) -> No
 FORGED_HEADER_PROBE = textwrap.dedent("""
     import json, resource, sys, time
     from n2vpipe.ingest import ingest_tiff
-    from n2vpipe.io import InputError
+    from n2vpipe.errors import InputError
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     start = time.perf_counter()
     try:

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from n2vpipe.io import DiskFullError, reporting_disk_full
+from n2vpipe.errors import DiskFullError, reporting_disk_full
 from n2vpipe.jobs import job_logging
 
 

@@ -17,7 +17,8 @@ import zarr
 from distributed import LocalCluster
 
 from n2vpipe.ingest import ingest_tiff
-from n2vpipe.io import InputError, open_ome_zarr, partial_path
+from n2vpipe.errors import InputError
+from n2vpipe.io import open_ome_zarr, partial_path
 from n2vpipe.model_io import WEIGHTS_FILE
 from n2vpipe.qc import comparison_figure
 from n2vpipe.predict import (

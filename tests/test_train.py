@@ -14,7 +14,8 @@ import tifffile
 import torch
 
 from n2vpipe.ingest import ingest_tiff
-from n2vpipe.io import InputError, open_ome_zarr, partial_path
+from n2vpipe.errors import InputError
+from n2vpipe.io import open_ome_zarr, partial_path
 from n2vpipe.model_io import Normalisation, load_model
 from n2vpipe.train import (
     CHECKPOINT_FILE,

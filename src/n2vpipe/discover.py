@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import difflib
+import functools
 import os
 import stat
 import string
@@ -15,9 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from snakemake.io import PeriodicityDetector
-
-from n2vpipe.io import InputError, acquisition_name, is_ome_zarr, plane_files
+from n2vpipe.errors import InputError
+from n2vpipe.io import acquisition_name, is_ome_zarr, plane_files
 
 SAFE_NAME = r"[A-Za-z0-9_][A-Za-z0-9_.\-]*"
 """Acquisition names allowed as wildcards: letters, digits, ``_``, ``.``, ``-``; no leading dot or dash."""
@@ -25,8 +25,15 @@ SAFE_NAME = r"[A-Za-z0-9_][A-Za-z0-9_.\-]*"
 SAFE_CHARACTERS = frozenset(string.ascii_letters + string.digits + "_.-")
 """The characters :data:`SAFE_NAME` allows."""
 
-SNAKEMAKE_PERIODICITY = PeriodicityDetector()
-"""Snakemake's own test for wildcard values it refuses (``PeriodicWildcardError`` aborts the whole DAG)."""
+
+@functools.cache
+def snakemake_periodicity() -> Any:
+    """Snakemake's own test for wildcard values it refuses (``PeriodicWildcardError`` aborts the whole
+    DAG). Imported when first needed: training reads :data:`RUN_ONLY` from this module, and the
+    library's training and inference run without Snakemake too (benchmarks, dask workers)."""
+    from snakemake.io import PeriodicityDetector
+
+    return PeriodicityDetector()
 
 
 @dataclass(frozen=True)
@@ -50,7 +57,7 @@ def shown(path: Path) -> str:
 
 def repeated_tail(name: str) -> tuple[str, int] | None:
     """The unit Snakemake finds periodically repeated at the end of ``name`` and how often, or ``None``."""
-    unit = SNAKEMAKE_PERIODICITY.is_periodic(name)
+    unit = snakemake_periodicity().is_periodic(name)
     if unit is None:
         return None
     count = 0

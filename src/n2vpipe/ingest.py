@@ -14,16 +14,15 @@ import numpy as np
 import zarr
 from tqdm.dask import TqdmCallback
 
+from n2vpipe.errors import InputError, reporting_disk_full
 from n2vpipe.io import (
     ContiguousTiffArray,
     ImageMeta,
-    InputError,
     atomic_output,
     blosc_compressor,
     configure_zarr,
     create_ome_zarr,
     open_tiff_lazy,
-    reporting_disk_full,
     write_pyramid,
 )
 
@@ -121,7 +120,7 @@ def ingest_tiff(
     appears only once complete. The headers are checked before any work (see
     :func:`n2vpipe.io.open_tiff_lazy`), and float voxels are counted for NaN and Inf
     as they are stored: a file with any fails, leaving no output
-    (:data:`n2vpipe.io.DTYPE_POLICY`).
+    (:data:`n2vpipe.tiff_checks.DTYPE_POLICY`).
     """
     configure_zarr(threads)
     codec = blosc_compressor(compressor, compression_level)

@@ -17,7 +17,8 @@ import numpy as np
 import torch
 
 from n2vpipe import __version__
-from n2vpipe.io import InputError, write_bytes_atomic, write_json
+from n2vpipe.errors import InputError
+from n2vpipe.io import write_bytes_atomic, write_json
 from n2vpipe.unet import UNet, UNetSpec, memory_format, receptive_field, total_downsampling
 
 WEIGHTS_FILE = "weights.pt"
@@ -84,7 +85,7 @@ class ModelDescription:
 
 def save_model(model: UNet, description: ModelDescription, directory: Path) -> None:
     """Write weights and description into ``directory``, each atomically (a full disk raises
-    :class:`~n2vpipe.io.DiskFullError` naming the file and leaves no partial file)."""
+    :class:`~n2vpipe.errors.DiskFullError` naming the file and leaves no partial file)."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     buffer = io.BytesIO()
@@ -101,7 +102,7 @@ def unreadable_model(path: Path, directory: Path, problem: str) -> InputError:
 
 def load_description(directory: Path) -> ModelDescription:
     """The :class:`ModelDescription` in ``directory``'s ``model.json``; a missing, garbled or
-    incomplete file raises :class:`~n2vpipe.io.InputError` naming it."""
+    incomplete file raises :class:`~n2vpipe.errors.InputError` naming it."""
     path = Path(directory) / DESCRIPTION_FILE
     try:
         return ModelDescription.from_dict(json.loads(path.read_text()))
@@ -115,7 +116,7 @@ def load_model(directory: Path, device: str | torch.device = "cpu") -> tuple[UNe
     """Rebuild the network from ``directory`` in eval mode, loading tensors only.
 
     A missing or damaged ``model.json`` or ``weights.pt`` (truncated, not a torch file,
-    other tensors) raises :class:`~n2vpipe.io.InputError` naming the file."""
+    other tensors) raises :class:`~n2vpipe.errors.InputError` naming the file."""
     directory = Path(directory)
     description = load_description(directory)
     model = UNet(description.spec)

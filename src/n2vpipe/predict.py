@@ -48,6 +48,7 @@ from dask.callbacks import Callback
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 from tqdm import tqdm
 
+from n2vpipe.errors import reporting_disk_full
 from n2vpipe.io import (
     ImageMeta,
     blosc_compressor,
@@ -58,7 +59,6 @@ from n2vpipe.io import (
     publish,
     read_region,
     remove_path,
-    reporting_disk_full,
     sample_voxels,
     write_pyramid,
 )
@@ -122,7 +122,7 @@ def read_with_halo(array: zarr.Array, meta: ImageMeta, block: Block,
                    halo: tuple[int, ...]) -> tuple[np.ndarray, Window]:
     """Read ``block`` grown by ``halo`` on each side, clipped to the volume; return it with the
     ``(before, after)`` margin per axis that lies outside the block (0 at the volume border).
-    An undecodable chunk raises :class:`~n2vpipe.io.InputError` naming the store, array and chunk key."""
+    An undecodable chunk raises :class:`~n2vpipe.errors.InputError` naming the store, array and chunk key."""
     lo = [max(0, s - h) for s, h in zip(block.start, halo)]
     hi = [min(n, e + h) for e, h, n in zip(block.stop, halo, meta.spatial_shape)]
     margins = tuple((s - a, b - e) for a, b, s, e in zip(lo, hi, block.start, block.stop))
@@ -293,7 +293,7 @@ class BlockProgress:
 
 
 def _weights_digest(model_dir: Path) -> str:
-    """SHA-256 of the model's weights file (a missing one raises :class:`~n2vpipe.io.InputError` naming it)."""
+    """SHA-256 of the model's weights file (a missing one raises :class:`~n2vpipe.errors.InputError` naming it)."""
     path = Path(model_dir) / WEIGHTS_FILE
     try:
         return hashlib.sha256(path.read_bytes()).hexdigest()

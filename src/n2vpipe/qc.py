@@ -18,7 +18,7 @@ from n2vpipe.io import ImageMeta, open_ome_zarr, read_region, write_bytes_atomic
 
 def save_figure(fig: plt.Figure, png: Path) -> None:
     """Write ``fig`` to ``png`` atomically and close it (a full disk raises
-    :class:`~n2vpipe.io.DiskFullError` naming ``png`` and leaves no partial picture)."""
+    :class:`~n2vpipe.errors.DiskFullError` naming ``png`` and leaves no partial picture)."""
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png")
     plt.close(fig)
@@ -46,7 +46,7 @@ def plot_training_log(log_csv: Path, png: Path, title: str) -> None:
 
 def middle_plane(array: zarr.Array, meta: ImageMeta, channel: int) -> np.ndarray:
     """The central Z plane (or the image itself in 2D) of one channel at the first time point; an
-    undecodable chunk raises :class:`~n2vpipe.io.InputError` naming the store, array and chunk key."""
+    undecodable chunk raises :class:`~n2vpipe.errors.InputError` naming the store, array and chunk key."""
     key = []
     for axis, size in zip(meta.axes, meta.shape):
         if axis == "c":

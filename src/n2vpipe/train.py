@@ -36,13 +36,13 @@ import zarr
 from tqdm import tqdm
 
 from n2vpipe.discover import RUN_ONLY
+from n2vpipe.errors import reporting_disk_full
 from n2vpipe.io import (
     ImageMeta,
     atomic_output,
     configure_zarr,
     open_ome_zarr,
     read_region,
-    reporting_disk_full,
     sample_voxels,
     write_bytes_atomic,
 )
@@ -469,7 +469,7 @@ def resumable_settings(settings: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def _save_checkpoint(path: Path, config: TrainConfig, position: LoopPosition, state: TrainingState) -> None:
-    """Write a resumable checkpoint atomically; a full disk raises :class:`~n2vpipe.io.DiskFullError`
+    """Write a resumable checkpoint atomically; a full disk raises :class:`~n2vpipe.errors.DiskFullError`
     naming ``path`` and leaves the previous checkpoint as it was."""
     buffer = io.BytesIO()
     torch.save({"format": CHECKPOINT_FORMAT, "config": config.to_dict(), **dataclasses.asdict(position),
