@@ -56,6 +56,8 @@ def reasons(skipped: list[SkippedInput]) -> dict[str, str]:
         ("sample" + "a" * 32, "ends in 'a' repeated 32 times"),
         ("x" + "ab" * 20, "ends in 'ab' repeated 20 times"),
         ("", "empty"),
+        ("logs", "the pipeline's own folder"),
+        ("logs2", None),
     ],
 )
 def test_name_problem_gives_the_right_reason(name: str, expected: str | None) -> None:

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 import tifffile
 
-from n2vpipe.ingest import ingest_tiff
 from n2vpipe.errors import DiskFullError
+from n2vpipe.ingest import ingest_tiff
 from n2vpipe.io import export_tiff, open_ome_zarr, partial_path
 from n2vpipe.jobs import job_logging
 from n2vpipe.model_io import WEIGHTS_FILE

@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 import tifffile
 
-from n2vpipe.ingest import ingest_tiff
 from n2vpipe.errors import InputError
+from n2vpipe.ingest import ingest_tiff
 from n2vpipe.io import open_ome_zarr, partial_path
 from n2vpipe.tiff_checks import DTYPE_POLICY
 from synthetic import overwrite_tags, truncate_file, truncated_imagej_stack

@@ -16,12 +16,13 @@ import torch
 import zarr
 from distributed import LocalCluster
 
-from n2vpipe.ingest import ingest_tiff
 from n2vpipe.errors import InputError
+from n2vpipe.ingest import ingest_tiff
 from n2vpipe.io import open_ome_zarr, partial_path
 from n2vpipe.model_io import WEIGHTS_FILE
 from n2vpipe.qc import comparison_figure
 from n2vpipe.predict import (
+    NonFiniteOutput,
     OutputEncoding,
     cpu_network_thread,
     finalize_prediction,
@@ -208,3 +209,18 @@ def test_qc_figure_is_written_and_names_an_undecodable_chunk(trained: tuple[Path
     with pytest.raises(InputError, match=rf"^{re.escape(str(denoised))}: array '0': chunk 1/1/1 cannot be decoded"):
         comparison_figure(raw, denoised, tmp_path / "qc_again.png")
     assert not list(tmp_path.glob("qc_again.png*"))
+
+
+def test_a_model_that_outputs_nan_writes_nothing_and_says_so(trained: tuple[Path, Path], tmp_path: Path) -> None:
+    """Weights gone NaN (a diverged run, float16 overflow): no block of NaN is written, nothing is published."""
+    model = tmp_path / "model"
+    shutil.copytree(trained[1], model)
+    weights = torch.load(model / WEIGHTS_FILE, weights_only=True)
+    torch.save({name: torch.full_like(tensor, float("nan")) if tensor.is_floating_point() else tensor
+                for name, tensor in weights.items()}, model / WEIGHTS_FILE)
+    dst = tmp_path / "denoised.ome.zarr"
+    with pytest.raises(NonFiniteOutput, match=rf"^{re.escape(str(model))}: the model's output for block t0_c0_\S+ "
+                                              r"has [\d,]+ NaN or infinite values; nothing of it was written"):
+        predict_volume(trained[0], model, dst, BLOCK)
+    assert not dst.exists()
+    assert not list((partial_path(dst) / ".blocks_done").iterdir()), "no block with NaN counts as done"

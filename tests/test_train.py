@@ -13,8 +13,8 @@ import pytest
 import tifffile
 import torch
 
-from n2vpipe.ingest import ingest_tiff
 from n2vpipe.errors import InputError
+from n2vpipe.ingest import ingest_tiff
 from n2vpipe.io import open_ome_zarr, partial_path
 from n2vpipe.model_io import Normalisation, load_model
 from n2vpipe.train import (
@@ -369,3 +369,14 @@ def test_a_damaged_model_fails_loading_naming_the_file_and_how_to_retrain(
     message = str(raised.value)
     assert message.startswith(f"{model_dir / file}: {problem}") and "\n" not in message
     assert message.endswith(f"delete {model_dir} and rerun the workflow to train it again")
+
+
+def test_an_image_smaller_than_the_pooling_grid_fails_naming_it(tmp_path: Path) -> None:
+    """Two planes cannot be pooled to 4 along Z: the one error line names the raw store and what to change."""
+    tifffile.imwrite(tmp_path / "two.tif", poisson_gaussian(smooth_blobs((2, 32, 32), seed=0), seed=1))
+    raw = tmp_path / "raw.ome.zarr"
+    ingest_tiff(tmp_path / "two.tif", raw, {"z": 2, "y": 32, "x": 32})
+    with pytest.raises(InputError, match=rf"^{re.escape(str(raw))}: the image is 2 voxels along z, smaller than "
+                                         r"the 4 the network pools it to .*train.depth"):
+        train_n2v(raw, tmp_path / "model", TrainConfig(steps=1, base_filters=4, device="cpu"))
+    assert not (tmp_path / "model").exists()

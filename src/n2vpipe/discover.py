@@ -25,6 +25,9 @@ SAFE_NAME = r"[A-Za-z0-9_][A-Za-z0-9_.\-]*"
 SAFE_CHARACTERS = frozenset(string.ascii_letters + string.digits + "_.-")
 """The characters :data:`SAFE_NAME` allows."""
 
+RESERVED_NAMES = frozenset({"logs"})
+"""Names of results_dir's own folders, which no acquisition may take (``results_dir/logs/cron``)."""
+
 
 @functools.cache
 def snakemake_periodicity() -> Any:
@@ -72,6 +75,8 @@ def name_problem(name: str) -> str | None:
         return "its name is empty once the TIFF/Zarr suffix is removed; rename it"
     if name.startswith("-"):
         return "its name starts with '-' (command-line tools would take it for an option); rename it"
+    if name in RESERVED_NAMES:
+        return f"its name {name!r} is the pipeline's own folder in results_dir (the cron logs); rename it"
     unsafe = sorted(set(name) - SAFE_CHARACTERS)
     if unsafe:
         listed = ", ".join(repr(character) for character in unsafe)

@@ -329,6 +329,21 @@ def _worker_threads() -> int:
     return get_worker().state.nthreads
 
 
+class NonFiniteOutput(ValueError):
+    """The network produced NaN or infinite values; nothing of the block is written (the job logs it as one line)."""
+
+
+def check_finite(result: np.ndarray, block: Block, model_dir: Path) -> None:
+    """Raise :class:`NonFiniteOutput` when ``result`` holds NaN or infinite values (a diverged model, or
+    intensities beyond float32), so that they are never written to an output that looks finished."""
+    bad = result.size - int(np.count_nonzero(np.isfinite(result)))
+    if bad:
+        raise NonFiniteOutput(f"{model_dir}: the model's output for block {block.name} has {bad:,} NaN or infinite "
+                              "values; nothing of it was written. The model diverged (delete the model folder and rerun, "
+                              "with train.precision: float32 if it used another) or the input's intensities lie "
+                              "beyond float32's range (rescale the input)")
+
+
 @dataclass
 class BlockJob:
     """Reads one block with its halo, denoises it, writes its chunks of the partial output and marks it done.
@@ -373,6 +388,7 @@ class BlockJob:
                                    self._network_thread(device),
                                    autocast_dtype(self.precision, device))
         computed = time.perf_counter()
+        check_finite(result, item, self.model_dir)
         with reporting_disk_full(self.partial):
             target[meta.key(item.t, item.c, item.start, item.stop)] = self.encoding.encode(result, item.c)
         marker = self.partial / DONE_DIR / item.name

@@ -36,7 +36,7 @@ import zarr
 from tqdm import tqdm
 
 from n2vpipe.discover import RUN_ONLY
-from n2vpipe.errors import reporting_disk_full
+from n2vpipe.errors import InputError, reporting_disk_full
 from n2vpipe.io import (
     ImageMeta,
     atomic_output,
@@ -186,14 +186,20 @@ def arithmetic_name(dtype: torch.dtype | None) -> str:
     return "float32" if dtype is None else str(dtype).removeprefix("torch.")
 
 
-def effective_patch(meta: ImageMeta, config: TrainConfig, grid: tuple[int, ...]) -> tuple[int, ...]:
-    """Configured patch per spatial axis, shrunk to fit the volume and rounded down to the pooling grid."""
+def effective_patch(meta: ImageMeta, config: TrainConfig, grid: tuple[int, ...], source: Path) -> tuple[int, ...]:
+    """Configured patch per spatial axis, shrunk to fit the volume and rounded down to the pooling grid.
+
+    Raises :class:`~n2vpipe.errors.InputError` naming ``source`` when the volume is smaller than
+    the grid along an axis."""
     patch = []
     for axis, size, step in zip(meta.spatial_axes, meta.spatial_shape, grid):
         wanted = min(int(config.patch[axis]), size)
         rounded = (wanted // step) * step
         if rounded < step:
-            raise ValueError(f"volume is {size} voxels along {axis}; the network needs at least {step}")
+            raise InputError(f"{source}: the image is {size} voxels along {axis}, smaller than the {step} the "
+                             f"network pools it to (train.depth {config.depth}, pooling {config.pooling!r}); give "
+                             "this acquisition a smaller train.depth, or train.pooling factors of 1 along "
+                             f"{axis} (acquisitions: {{NAME: {{train: ...}}}}), or leave it out")
         patch.append(rounded)
     return tuple(patch)
 
@@ -587,7 +593,7 @@ def train_n2v(zarr_path: Path, model_dir: Path, config: TrainConfig, threads: in
     if config.struct_mask is not None:
         struct_offsets(config.struct_mask, spec.ndim)
     grid = total_downsampling(spec)
-    patch = effective_patch(meta, config, grid)
+    patch = effective_patch(meta, config, grid, zarr_path)
     normalisation = estimate_normalisation(array, meta, rng)
     train_region, val_region = split_regions(meta.spatial_shape, patch, config.validation_fraction, grid)
     log.info("training %s: %s on %s, patch %s, device %s, normalisation %s", zarr_path, spec, meta.axes,
