@@ -32,7 +32,8 @@ import torch
 from common import PRINT_PEAK_RSS_KIB, cpu_model, parse_shape, save_results, schema_default
 
 from n2vpipe.ingest import ingest_tiff
-from n2vpipe.train import TrainConfig, arithmetic_name, autocast_dtype, train_n2v
+from n2vpipe.device import arithmetic_name, autocast_dtype
+from n2vpipe.train import TrainConfig, train_n2v
 
 BLOCK = schema_default("predict", "block")
 PREDICT = f"""

@@ -50,7 +50,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from n2vpipe.ingest import ingest_tiff
 from n2vpipe.model_io import ModelDescription, Normalisation, save_model
 from n2vpipe.predict import fuse_batch_norm, halo_on_grid
-from n2vpipe.train import autocast_dtype
+from n2vpipe.device import autocast_dtype
 from n2vpipe.unet import (
     UNet,
     UNetSpec,
@@ -75,7 +75,7 @@ torch.nn.modules.module.register_module_forward_pre_hook(_count)
 N2VPIPE = COUNT_INPUT_VOXELS + """
 import json, sys, time
 from n2vpipe.predict import predict_volume
-from n2vpipe.train import arithmetic_name, autocast_dtype
+from n2vpipe.device import arithmetic_name, autocast_dtype
 from n2vpipe.unet import UNet
 _forward_cropped = UNet.forward_cropped
 def _count_block(self, x, *args, **kwargs):

@@ -33,7 +33,8 @@ from quality_poisson_gaussian import DEFAULT_PHOTONS, N2VPIPE_DEFAULTS, make_vol
 
 from n2vpipe.io import ImageMeta, blosc_compressor, create_ome_zarr, open_ome_zarr
 from n2vpipe.predict import predict_volume
-from n2vpipe.train import TrainConfig, cpu_has_amx_bf16, train_n2v
+from n2vpipe.device import cpu_has_amx_bf16
+from n2vpipe.train import TrainConfig, train_n2v
 
 PRECISIONS = ("float32", "bfloat16", "float16")
 

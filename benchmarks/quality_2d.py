@@ -68,7 +68,8 @@ from PIL import Image
 from n2vpipe.io import ImageMeta, blosc_compressor, create_ome_zarr, partial_path
 from n2vpipe.model_io import ModelDescription, load_model
 from n2vpipe.predict import run_network
-from n2vpipe.train import CHECKPOINT_FILE, select_device
+from n2vpipe.device import select_device
+from n2vpipe.train import CHECKPOINT_FILE
 from n2vpipe.unet import UNet, memory_format, total_downsampling
 
 ROOT = Path(__file__).resolve().parents[1]

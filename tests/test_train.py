@@ -13,9 +13,11 @@ import pytest
 import tifffile
 import torch
 
+from n2vpipe.device import GpuUnusable, arithmetic_name, autocast_dtype, cpu_has_amx_bf16, select_device
 from n2vpipe.errors import InputError
 from n2vpipe.ingest import ingest_tiff
 from n2vpipe.io import open_ome_zarr, partial_path
+from n2vpipe.jobs import job_logging
 from n2vpipe.model_io import Normalisation, load_model
 from n2vpipe.train import (
     CHECKPOINT_FILE,
@@ -25,14 +27,11 @@ from n2vpipe.train import (
     _masked_tensors,
     augment,
     budget_progress,
-    arithmetic_name,
-    autocast_dtype,
-    cpu_has_amx_bf16,
     estimate_normalisation,
     learning_rate_at,
     split_regions,
-    validation_patch,
     train_n2v,
+    validation_patch,
 )
 from synthetic import poisson_gaussian, smooth_blobs
 
@@ -380,3 +379,20 @@ def test_an_image_smaller_than_the_pooling_grid_fails_naming_it(tmp_path: Path) 
                                          r"the 4 the network pools it to .*train.depth"):
         train_n2v(raw, tmp_path / "model", TrainConfig(steps=1, base_filters=4, device="cpu"))
     assert not (tmp_path / "model").exists()
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message of a machine where torch finds no GPU")
+def test_a_gpu_that_torch_cannot_use_fails_at_once_saying_why(tmp_path: Path) -> None:
+    """SLURM gave the job a GPU (CUDA_VISIBLE_DEVICES) or the config asked for cuda, but this torch cannot
+    use one: the job fails naming the cause, in one log line, instead of training on the CPU fifty times slower."""
+    cause = "is a CPU-only build" if torch.version.cuda is None else "finds no usable GPU"
+    with pytest.raises(GpuUnusable), job_logging(tmp_path / "train.log"):
+        select_device("auto", {"CUDA_VISIBLE_DEVICES": "0"})
+    errors = [line for line in (tmp_path / "train.log").read_text().splitlines() if " ERROR " in line]
+    assert len(errors) == 1 and "Traceback" not in (tmp_path / "train.log").read_text()
+    assert re.search(rf"given GPU\(s\) 0 \(CUDA_VISIBLE_DEVICES\), but .*{cause}.*train:gpu=0", errors[0])
+    with pytest.raises(GpuUnusable, match=rf"device: cuda was asked for, but .*{cause}"):
+        select_device("cuda", {})
+    assert select_device("auto", {}).type == "cpu"
+    assert select_device("auto", {"CUDA_VISIBLE_DEVICES": ""}).type == "cpu"
+    assert select_device("cpu", {"CUDA_VISIBLE_DEVICES": "0"}).type == "cpu", "device: cpu always takes the CPU"

@@ -1,4 +1,5 @@
-"""The errors a job reports as one line, naming the file or path: bad input and a full disk.
+"""The errors a job reports as one line, naming what they are about: bad input, a full disk, and an
+environment that cannot do what it was asked.
 
 Anything else escaping a job is unexpected and is logged with its traceback
 (:func:`n2vpipe.jobs.job_logging`).
@@ -15,6 +16,11 @@ from pathlib import Path
 
 class InputError(ValueError):
     """An input file that cannot be used; the message names the file and the problem."""
+
+
+class UnusableEnvironment(RuntimeError):
+    """The job's machine or software cannot do what it was asked (a GPU torch cannot use); the message
+    says why and what to do."""
 
 
 DISK_FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT)

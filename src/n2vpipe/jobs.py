@@ -8,7 +8,7 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
-from n2vpipe.errors import DiskFullError
+from n2vpipe.errors import DiskFullError, UnusableEnvironment
 
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
@@ -18,7 +18,7 @@ def job_logging(log_file: str | Path) -> Iterator[logging.Logger]:
     """Send log records to ``log_file`` and stderr for the duration of one job.
 
     An exception escaping the job is written to the log (one line for bad
-    input and a full disk, with traceback otherwise) before it propagates, so
+    input, a full disk and an unusable GPU, with traceback otherwise) before it propagates, so
     the job fails and the log says why. Python warnings (numpy's, torch's, …)
     are logged too, so they reach the job's own log.
     """
@@ -33,7 +33,7 @@ def job_logging(log_file: str | Path) -> Iterator[logging.Logger]:
     logging.captureWarnings(True)
     try:
         yield logger
-    except (ValueError, DiskFullError) as err:
+    except (ValueError, DiskFullError, UnusableEnvironment) as err:
         logger.error("%s", err)
         raise
     except Exception:

@@ -48,6 +48,7 @@ from dask.callbacks import Callback
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 from tqdm import tqdm
 
+from n2vpipe.device import arithmetic_name, autocast_dtype, select_device, to_device
 from n2vpipe.errors import reporting_disk_full
 from n2vpipe.io import (
     ImageMeta,
@@ -63,7 +64,6 @@ from n2vpipe.io import (
     write_pyramid,
 )
 from n2vpipe.model_io import WEIGHTS_FILE, ModelDescription, Normalisation, load_model, unreadable_model
-from n2vpipe.train import arithmetic_name, autocast_dtype, select_device, to_device
 from n2vpipe.unet import UNet, UNetSpec, Window, memory_format, receptive_reach, total_downsampling
 
 log = logging.getLogger(__name__)

@@ -16,7 +16,6 @@ from __future__ import annotations
 import contextlib
 import csv
 import dataclasses
-import functools
 import io
 import logging
 import math
@@ -25,7 +24,7 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -35,6 +34,7 @@ import torch
 import zarr
 from tqdm import tqdm
 
+from n2vpipe.device import arithmetic_name, autocast_dtype, select_device, to_device
 from n2vpipe.discover import RUN_ONLY
 from n2vpipe.errors import InputError, reporting_disk_full
 from n2vpipe.io import (
@@ -119,71 +119,6 @@ class Region:
     def shape(self) -> tuple[int, ...]:
         """Extent per axis."""
         return tuple(b - a for a, b in zip(self.start, self.stop))
-
-
-def select_device(requested: str) -> torch.device:
-    """``cuda`` when requested or when ``auto`` finds a GPU, else ``cpu``.
-
-    On CUDA, cuDNN benchmarks its convolution algorithms once per input shape and
-    keeps the fastest: patches and blocks repeat a handful of shapes.
-    """
-    if requested == "cuda" or (requested == "auto" and torch.cuda.is_available()):
-        torch.backends.cudnn.benchmark = True
-        return torch.device("cuda")
-    return torch.device("cpu")
-
-
-def to_device(array: np.ndarray, device: torch.device, layout: torch.memory_format) -> torch.Tensor:
-    """``array`` as a tensor on ``device`` in ``layout``; to a GPU it goes from pinned memory, without
-    waiting for the copy (the next batch is prepared meanwhile)."""
-    tensor = torch.from_numpy(np.ascontiguousarray(array))
-    if device.type == "cuda":
-        tensor = tensor.pin_memory()
-    return tensor.to(device, memory_format=layout, non_blocking=True)
-
-
-@functools.cache
-def cpu_has_amx_bf16(cpuinfo_path: Path = Path("/proc/cpuinfo")) -> bool:
-    """Whether this CPU multiplies bfloat16 matrices with Intel AMX, from the flags in ``cpuinfo_path``.
-
-    AVX-512 BF16 alone (AMD Zen 4, Intel Cooper Lake) does not count: on an AMD EPYC, bfloat16
-    training there was 1.7x faster but not reproducible (conv3d weight gradients on 2x8x8 inputs
-    came out as garbage, different on each call), so ``auto`` keeps float32 on such CPUs."""
-    try:
-        with open(cpuinfo_path) as cpuinfo:
-            return any(line.startswith("flags") and "amx_bf16" in line.split() for line in cpuinfo)
-    except OSError:
-        return False
-
-
-def gpu_has_native_bf16() -> bool:
-    """Whether the current CUDA GPU computes bfloat16 in hardware (compute capability 8.0, Ampere, and later).
-
-    Older GPUs only emulate it, and cuDNN has no bfloat16 convolutions there.
-    """
-    return torch.cuda.get_device_capability() >= (8, 0)
-
-
-def autocast_dtype(precision: str, device: torch.device,
-                   native_bf16: Callable[[], bool] = gpu_has_native_bf16) -> torch.dtype | None:
-    """The dtype the network computes in under autocast, or ``None`` for plain float32.
-
-    ``bfloat16``/``float16`` when asked. ``auto``: on CUDA bfloat16 where the GPU has
-    it (``native_bf16``), float16 on older GPUs (V100, T4: bfloat16 is emulated there,
-    slower than float32); bfloat16 on CPUs with AMX; float32 on other CPUs.
-    """
-    if precision in ("bfloat16", "float16"):
-        return getattr(torch, precision)
-    if precision == "float32":
-        return None
-    if device.type == "cuda":
-        return torch.bfloat16 if native_bf16() else torch.float16
-    return torch.bfloat16 if cpu_has_amx_bf16() else None
-
-
-def arithmetic_name(dtype: torch.dtype | None) -> str:
-    """``float32``, ``bfloat16`` or ``float16``: what :func:`autocast_dtype` chose, for logs and model.json."""
-    return "float32" if dtype is None else str(dtype).removeprefix("torch.")
 
 
 def effective_patch(meta: ImageMeta, config: TrainConfig, grid: tuple[int, ...], source: Path) -> tuple[int, ...]:
