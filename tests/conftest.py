@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from mounts import tmpfs
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).parent))
@@ -26,3 +28,12 @@ def run_snakemake(args: list[str], cwd: Path = REPO, timeout: int = 900,
     if expect_success and result.returncode != 0:
         pytest.fail(f"snakemake {' '.join(args)} failed ({result.returncode}):\n{result.stdout}\n{result.stderr}")
     return result
+
+
+@pytest.fixture
+def read_only_mount(tmp_path: Path) -> Iterator[Path]:
+    """A read-only tmpfs (mode bits do not stop root; a read-only mount does)."""
+    mount = tmp_path / "ro"
+    mount.mkdir()
+    with tmpfs(mount, "ro,size=1m"):
+        yield mount

@@ -29,7 +29,6 @@ from n2vpipe.discover import (
     unwritable_problem,
 )
 from n2vpipe.errors import InputError
-from mounts import tmpfs
 
 PATTERNS = ("*.tif", "*.tiff", "*.ome.zarr")
 
@@ -203,20 +202,11 @@ def test_results_that_cannot_be_created_are_refused(tmp_path: Path) -> None:
     assert list((tmp_path / "existing").iterdir()) == [], "the write test leaves nothing behind"
 
 
-@pytest.fixture
-def read_only_folder(tmp_path: Path) -> Iterator[Path]:
-    """A read-only tmpfs mount (mode bits do not stop root; a read-only mount does)."""
-    mount = tmp_path / "ro"
-    mount.mkdir()
-    with tmpfs(mount, "ro,size=1m"):
-        yield mount
-
-
-def test_results_on_a_read_only_mount_are_refused(read_only_folder: Path) -> None:
-    problem = unwritable_problem(read_only_folder)
-    assert problem is not None and "cannot be written in" in problem and str(read_only_folder) in problem
-    problem = unwritable_problem(read_only_folder / "results")
-    assert problem is not None and f"{read_only_folder} is not writable" in problem
+def test_results_on_a_read_only_mount_are_refused(read_only_mount: Path) -> None:
+    problem = unwritable_problem(read_only_mount)
+    assert problem is not None and "cannot be written in" in problem and str(read_only_mount) in problem
+    problem = unwritable_problem(read_only_mount / "results")
+    assert problem is not None and f"{read_only_mount} is not writable" in problem
 
 
 def test_folder_problems_gives_one_line_per_problem(tmp_path: Path) -> None:

@@ -5,11 +5,9 @@ from __future__ import annotations
 
 import os
 import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from mounts import tmpfs
 
 from .conftest import ALL_RULES, copy_workflow, expand_jobs, jobs_in, output_of, snakemake, write_config, write_volume
 
@@ -103,15 +101,6 @@ def test_results_overlapping_inputs_is_refused_before_any_work(repo: Path, tmp_p
     line = refusal(snakemake(repo, "--cores", "1", "--configfile", str(config)))
     assert expected in line and str(tmp_path / results) in line and str(inputs) in line, line
     assert not (inputs / "results").exists() and not (inputs / ".snakemake").exists()
-
-
-@pytest.fixture
-def read_only_mount(tmp_path: Path) -> Iterator[Path]:
-    """A read-only tmpfs (root ignores mode bits, not a read-only mount)."""
-    mount = tmp_path / "ro"
-    mount.mkdir()
-    with tmpfs(mount, "ro,size=1m"):
-        yield mount
 
 
 @pytest.mark.parametrize(("results", "expected"), [
