@@ -27,6 +27,7 @@ test: setup
 	$(BIN)/python -m pytest -q -rs
 
 lint: setup
+	$(BIN)/ruff check .
 	$(BIN)/snakemake --lint
 
 clean-demo:
