@@ -20,8 +20,8 @@ from pathlib import Path
 
 import numpy as np
 import tifffile
-from common import cpu_model, load_average, save_results
 
+from common import cpu_model, load_average, save_results
 from n2vpipe.ingest import ingest_tiff
 from n2vpipe.predict import halo_on_grid, predict_volume
 from n2vpipe.train import TrainConfig, train_n2v

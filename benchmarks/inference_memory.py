@@ -29,10 +29,10 @@ from pathlib import Path
 import numpy as np
 import tifffile
 import torch
-from common import PRINT_PEAK_RSS_KIB, cpu_model, parse_shape, save_results, schema_default
 
-from n2vpipe.ingest import ingest_tiff
+from common import PRINT_PEAK_RSS_KIB, cpu_model, parse_shape, save_results, schema_default
 from n2vpipe.device import arithmetic_name, autocast_dtype
+from n2vpipe.ingest import ingest_tiff
 from n2vpipe.train import TrainConfig, train_n2v
 
 BLOCK = schema_default("predict", "block")

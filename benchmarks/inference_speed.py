@@ -44,13 +44,13 @@ from typing import Any
 import numpy as np
 import tifffile
 import torch
-from common import cpu_model, parse_shape, save_results, schema_default, shape_text
 from torch.utils.flop_counter import FlopCounterMode
 
+from common import cpu_model, parse_shape, save_results, schema_default, shape_text
+from n2vpipe.device import autocast_dtype
 from n2vpipe.ingest import ingest_tiff
 from n2vpipe.model_io import ModelDescription, Normalisation, save_model
 from n2vpipe.predict import fuse_batch_norm, halo_on_grid
-from n2vpipe.device import autocast_dtype
 from n2vpipe.unet import (
     UNet,
     UNetSpec,

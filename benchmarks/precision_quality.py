@@ -28,13 +28,13 @@ from typing import Any
 
 import numpy as np
 import torch
-from common import cpu_model, load_average, parse_setting, parse_shape, save_results, schema_default, shape_text
-from quality_poisson_gaussian import DEFAULT_PHOTONS, N2VPIPE_DEFAULTS, make_volume, psnr
 
+from common import cpu_model, load_average, parse_setting, parse_shape, save_results, schema_default, shape_text
+from n2vpipe.device import cpu_has_amx_bf16
 from n2vpipe.io import ImageMeta, blosc_compressor, create_ome_zarr, open_ome_zarr
 from n2vpipe.predict import predict_volume
-from n2vpipe.device import cpu_has_amx_bf16
 from n2vpipe.train import TrainConfig, train_n2v
+from quality_poisson_gaussian import DEFAULT_PHOTONS, N2VPIPE_DEFAULTS, make_volume, psnr
 
 PRECISIONS = ("float32", "bfloat16", "float16")
 

@@ -62,13 +62,13 @@ from typing import Any
 import numpy as np
 import tifffile
 import torch
-from common import RESULTS, cpu_model, load_average, parse_setting, save_results
 from PIL import Image
 
+from common import RESULTS, cpu_model, load_average, parse_setting, save_results
+from n2vpipe.device import select_device
 from n2vpipe.io import ImageMeta, blosc_compressor, create_ome_zarr, partial_path
 from n2vpipe.model_io import ModelDescription, load_model
 from n2vpipe.predict import run_network
-from n2vpipe.device import select_device
 from n2vpipe.train import CHECKPOINT_FILE
 from n2vpipe.unet import UNet, memory_format, total_downsampling
 

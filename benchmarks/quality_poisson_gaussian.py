@@ -65,6 +65,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from scipy import ndimage
+
 from common import (
     RESULTS,
     cpu_model,
@@ -76,8 +78,6 @@ from common import (
     schema_default,
     shape_text,
 )
-from scipy import ndimage
-
 from n2vpipe.io import ImageMeta, blosc_compressor, create_ome_zarr
 
 SRC = Path(__file__).resolve().parents[1] / "src"

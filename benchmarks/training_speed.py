@@ -43,8 +43,8 @@ from typing import Any
 
 import numpy as np
 import tifffile
-from common import cpu_model, load_average, parse_shape, run_worker, save_results
 
+from common import cpu_model, load_average, parse_shape, run_worker, save_results
 from n2vpipe.ingest import ingest_tiff
 
 SRC = Path(__file__).resolve().parents[1] / "src"

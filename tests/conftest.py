@@ -8,6 +8,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
 from mounts import tmpfs
 
 REPO = Path(__file__).resolve().parents[1]

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import tifffile
 
+from mounts import tmpfs
 from n2vpipe.errors import DiskFullError
 from n2vpipe.ingest import ingest_tiff
 from n2vpipe.io import export_tiff, open_ome_zarr, partial_path
@@ -18,7 +19,6 @@ from n2vpipe.jobs import job_logging
 from n2vpipe.model_io import WEIGHTS_FILE
 from n2vpipe.predict import DONE_DIR, predict_part, predict_volume
 from n2vpipe.train import CHECKPOINT_FILE, LOG_FILE, TrainConfig, train_n2v
-from mounts import tmpfs
 from synthetic import poisson_gaussian, smooth_blobs
 
 BLOCK = {"z": 8, "y": 16, "x": 16}

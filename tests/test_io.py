@@ -13,7 +13,6 @@ import pytest
 import tifffile
 from ome_zarr.io import parse_url
 from ome_zarr.reader import Reader
-
 from ome_zarr.writer import write_image
 
 from n2vpipe.ingest import StorageAlignedReader, chunk_shape, ingest_tiff

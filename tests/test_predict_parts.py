@@ -20,7 +20,6 @@ from n2vpipe.errors import InputError
 from n2vpipe.ingest import ingest_tiff
 from n2vpipe.io import open_ome_zarr, partial_path
 from n2vpipe.model_io import WEIGHTS_FILE
-from n2vpipe.qc import comparison_figure
 from n2vpipe.predict import (
     NonFiniteOutput,
     OutputEncoding,
@@ -31,6 +30,7 @@ from n2vpipe.predict import (
     part_of,
     predict_volume,
 )
+from n2vpipe.qc import comparison_figure
 from n2vpipe.train import TrainConfig, train_n2v
 from n2vpipe.unet import UNet, UNetSpec
 from synthetic import poisson_gaussian, smooth_blobs

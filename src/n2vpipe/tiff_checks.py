@@ -22,7 +22,6 @@ import tifffile
 
 from n2vpipe.errors import InputError
 
-
 DTYPE_POLICY = (
     "n2vpipe ingests voxels of type bool, int8/16/32/64, uint8/16/32/64 and float16/32/64; complex and "
     "every other type are refused at ingest (a complex image's imaginary part would be lost). Float "
