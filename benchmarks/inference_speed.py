@@ -169,7 +169,7 @@ def conv_rate(model: torch.nn.Module, tile: tuple[int, ...], per_voxel: float, b
 
 def rate_tile(block: tuple[int, int, int]) -> tuple[int, ...]:
     """What n2vpipe feeds its network for a block inside the volume: the block plus its halo on both sides."""
-    return tuple(b + 2 * h for b, h in zip(block, halo_on_grid(SPEC)))
+    return tuple(b + 2 * h for b, h in zip(block, halo_on_grid(SPEC), strict=True))
 
 
 def command_output(command: str) -> str:
@@ -190,7 +190,7 @@ def prepare(folder: Path, shape: tuple[int, int, int], block: tuple[int, int, in
     mean, std = float(volume.mean()), float(volume.std())
     tifffile.imwrite(folder / "volume.tif", volume)
     np.save(folder / "volume.npy", volume)
-    meta = ingest_tiff(folder / "volume.tif", folder / "raw.ome.zarr", dict(zip("zyx", block)))
+    meta = ingest_tiff(folder / "volume.tif", folder / "raw.ome.zarr", dict(zip("zyx", block, strict=True)))
     torch.manual_seed(0)
     save_model(UNet(SPEC), ModelDescription(SPEC, Normalisation((mean,), (std,)), meta.spatial_axes), folder / "model")
     return mean, std

@@ -1,10 +1,10 @@
 """Ingest throughput and peak memory: n2vpipe's ingest against a plain tifffile read + zarr write.
 
 Each method runs in its own subprocess (peak RSS: the worker's VmHWM), side by side in one run,
-on synthetic uint16 TIFF stacks of growing size, ``--repeats`` fresh runs each (medians reported). Two times per run: the whole process (interpreter
-start-up and imports included: n2vpipe's imports dask.array, ~0.8 s here) and the work alone (from
-after the imports to the last chunk written), which is the throughput that matters for large
-files. Writes results/ingest.json, .md and .png.
+on synthetic uint16 TIFF stacks of growing size, ``--repeats`` fresh runs each (medians reported).
+Two times per run: the whole process (interpreter start-up and imports included: n2vpipe's imports
+dask.array, ~0.8 s here) and the work alone (from after the imports to the last chunk written), which
+is the throughput that matters for large files. Writes results/ingest.json, .md and .png.
 
     python benchmarks/ingest_throughput.py [--sizes 64x512x512 128x1024x1024 ...] [--threads 2] [--repeats 3]
                                            [--name ingest]
@@ -13,6 +13,7 @@ files. Writes results/ingest.json, .md and .png.
 from __future__ import annotations
 
 import argparse
+import itertools
 import math
 import platform
 import shutil
@@ -89,7 +90,7 @@ def median_run(repeats: int, code: str, src: Path, dst: Path, *args: str) -> tup
     for _ in range(repeats):
         shutil.rmtree(dst, ignore_errors=True)
         runs.append(run(code, str(src), str(dst), *args))
-    return tuple(statistics.median(column) for column in zip(*runs)), [round(r[2]) for r in runs]
+    return tuple(statistics.median(column) for column in zip(*runs, strict=True)), [round(r[2]) for r in runs]
 
 
 def main() -> None:
@@ -117,7 +118,8 @@ def main() -> None:
                                                                      str(args.threads))
             rows.append({"shape": list(shape), "input_MB": round(megabytes, 1), "layout": layout,
                          "plain_s": round(plain_s, 2), "plain_work_s": round(plain_work_s, 2),
-                         "plain_peak_rss_MiB": round(plain_mib), "plain_peak_rss_runs_MiB": plain_peaks, "n2vpipe_s": round(ours_s, 2),
+                         "plain_peak_rss_MiB": round(plain_mib), "plain_peak_rss_runs_MiB": plain_peaks,
+                         "n2vpipe_s": round(ours_s, 2),
                          "n2vpipe_work_s": round(ours_work_s, 2), "n2vpipe_peak_rss_MiB": round(ours_mib),
                          "n2vpipe_peak_rss_runs_MiB": ours_peaks,
                          "throughput_ratio": round(plain_s / ours_s, 3),
@@ -129,7 +131,7 @@ def main() -> None:
 
 def chunk_count(shape: list[int]) -> int:
     """Number of zarr chunks (CHUNKS) in a stack of ``shape``."""
-    return math.prod(-(-size // chunk) for size, chunk in zip(shape, CHUNKS.values()))
+    return math.prod(-(-size // chunk) for size, chunk in zip(shape, CHUNKS.values(), strict=True))
 
 
 def write_results(rows: list[dict], machine: str, name: str = "ingest") -> None:
@@ -147,7 +149,7 @@ def write_results(rows: list[dict], machine: str, name: str = "ingest") -> None:
         lines.append(f"| {'x'.join(map(str, r['shape']))} | {r['input_MB']} | {r['plain_s']} ({r['plain_work_s']}) | "
                      f"{r['plain_peak_rss_MiB']} | {r['n2vpipe_s']} ({r['n2vpipe_work_s']}) | "
                      f"{r['n2vpipe_peak_rss_MiB']} | {r['throughput_ratio']:.2f} | {r['work_throughput_ratio']:.2f} |")
-    growth = [f"{b['n2vpipe_peak_rss_MiB'] / a['n2vpipe_peak_rss_MiB'] - 1:+.0%}" for a, b in zip(rows, rows[1:])]
+    growth = [f"{b['n2vpipe_peak_rss_MiB'] / a['n2vpipe_peak_rss_MiB'] - 1:+.0%}" for a, b in itertools.pairwise(rows)]
     layout = rows[0].get("layout", CONTIGUOUS)  # results written before layouts were recorded are contiguous
     lines += ["", f"n2vpipe peak RSS from one size to the next: {', '.join(growth)} (target: flat, within 25 %).",
               "", f"TIFF layout: {layout}. {READS[layout.split()[-1]]} "

@@ -122,7 +122,7 @@ def plot(rows: list[dict[str, Any]], input_psnr: float, png: Path) -> None:
 
     fig, ax = plt.subplots(figsize=(7, 4))
     labels = [f"train {r['trained_in']}\npredict {r['predicted_in']}\n({r['steps']} steps)" for r in rows]
-    colours = dict(zip(PRECISIONS, ("tab:cyan", "tab:blue", "tab:purple")))
+    colours = dict(zip(PRECISIONS, ("tab:cyan", "tab:blue", "tab:purple"), strict=True))
     ax.bar(labels, [r["psnr"] for r in rows], color=[colours[r["trained_in"]] for r in rows])
     for index, row in enumerate(rows):
         ax.text(index, row["psnr"] + 0.1, f"{row['psnr']:.2f}", ha="center", fontsize=9)

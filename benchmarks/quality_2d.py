@@ -225,7 +225,7 @@ def thin(snapshots: list[Snapshot], keep: int) -> list[Snapshot]:
     time, so that the rest stay evenly spread over the run."""
     if len(snapshots) <= max(2, keep):
         return snapshots
-    gaps = [after.seen_s - before.seen_s for before, after in zip(snapshots, snapshots[2:])]
+    gaps = [after.seen_s - before.seen_s for before, after in zip(snapshots, snapshots[2:], strict=False)]
     drop = 1 + int(np.argmin(gaps))
     snapshots[drop].path.unlink()
     return snapshots[:drop] + snapshots[drop + 1:]
@@ -278,7 +278,7 @@ def denoise(model: UNet, description: ModelDescription, image: np.ndarray, devic
 def score(model: UNet, description: ModelDescription, data: Dataset, device: torch.device) -> list[float]:
     """PSNR of each denoised image."""
     return [psnr(data.name, denoise(model, description, noisy, device), truth)
-            for noisy, truth in zip(data.noisy, data.truth)]
+            for noisy, truth in zip(data.noisy, data.truth, strict=True)]
 
 
 def checkpoint_model(path: Path, description: ModelDescription, device: torch.device) -> tuple[UNet, dict[str, Any]]:
@@ -378,7 +378,7 @@ def plot(rows: list[dict[str, Any]], crops: dict[str, np.ndarray], caption: str,
                   label=f"final model (best step {final['best_step']})")
         axis.axhline(final["input_psnr"], color="grey", linestyle=":", label="noisy input")
         if dataset == "bsd68":
-            for (label, value), colour in zip(REFERENCES.items(), ("tab:red", "tab:green")):
+            for (label, value), colour in zip(REFERENCES.items(), ("tab:red", "tab:green"), strict=True):
                 axis.axhline(value, color=colour, linestyle="--", label=f"{label} {value:.2f}")
         axis.set(xlabel="training time (min)", ylabel="PSNR dB", title=f"{dataset} ({final['images']} images)")
         axis.set_xlim(left=0)
@@ -414,7 +414,7 @@ def main() -> None:
         return
     torch.set_num_threads(args.threads)
     device = select_device(args.device)
-    inputs = [psnr(data.name, noisy, truth) for noisy, truth in zip(data.noisy, data.truth)]
+    inputs = [psnr(data.name, noisy, truth) for noisy, truth in zip(data.noisy, data.truth, strict=True)]
     input_psnr = float(np.mean(inputs))
     print(f"{data.name}: {len(data.noisy)} images {data.noisy[0].shape}, input PSNR {input_psnr:.2f} dB", flush=True)
     common = {"dataset": data.name, "images": len(data.noisy), "minutes": args.minutes, "threads": args.threads,
@@ -439,8 +439,8 @@ def main() -> None:
                      "seen_s": None, "psnr": float(np.mean(finals)), "best_step": history["best_step"],
                      "stopped_by": history["stopped_by"],
                      "steps_per_min": 60 * history["steps_done"] / history["elapsed_s"],
-                     "psnr_per_image": dict(zip(data.labels, finals)),
-                     "input_psnr_per_image": dict(zip(data.labels, inputs)),
+                     "psnr_per_image": dict(zip(data.labels, finals, strict=True)),
+                     "input_psnr_per_image": dict(zip(data.labels, inputs, strict=True)),
                      "notes": f"stopped by {history['stopped_by']}; weights of step {history['best_step']}"})
         estimate = denoise(final_model, description, data.noisy[0], device)
     after = load_average()

@@ -39,7 +39,7 @@ DEFAULT_VAL_PATCHES = 8
 
 def validation_patches(shape: tuple[int, ...], patch: list[int]) -> int:
     """Patches to hold out: the default capped at a tenth of the grid CAREamics samples from (0: none can be)."""
-    grid = math.prod((s + 1) // p for s, p in zip(shape, patch))
+    grid = math.prod((s + 1) // p for s, p in zip(shape, patch, strict=True))
     return 0 if grid < 2 else min(DEFAULT_VAL_PATCHES, max(1, round(grid / 10)))
 
 

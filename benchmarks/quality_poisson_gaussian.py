@@ -141,10 +141,10 @@ def _add_balls(canvas: np.ndarray, rng: np.random.Generator, radius: float, coun
     for _ in range(count):
         centre = rng.uniform(0, canvas.shape)
         low = [max(0, int(c) - reach) for c in centre]
-        high = [min(s, int(c) + reach + 2) for c, s in zip(centre, canvas.shape)]
-        grid = np.ogrid[tuple(slice(a, b) for a, b in zip(low, high))]
-        inside = sum((g - c) ** 2 for g, c in zip(grid, centre)) <= radius**2
-        box = canvas[tuple(slice(a, b) for a, b in zip(low, high))]
+        high = [min(s, int(c) + reach + 2) for c, s in zip(centre, canvas.shape, strict=True)]
+        grid = np.ogrid[tuple(slice(a, b) for a, b in zip(low, high, strict=True))]
+        inside = sum((g - c) ** 2 for g, c in zip(grid, centre, strict=True)) <= radius**2
+        box = canvas[tuple(slice(a, b) for a, b in zip(low, high, strict=True))]
         np.maximum(box, rng.uniform(0.4, 1.0) * inside, out=box)
 
 
@@ -259,7 +259,7 @@ def run_careamics(folder: Path, noisy: np.ndarray, args: argparse.Namespace,
                   n2v2: bool) -> tuple[np.ndarray, dict[str, Any]]:
     """Train and predict with CAREamics in its own interpreter; return the denoised volume and the row facts."""
     np.save(folder / "noisy.npy", noisy)
-    whole = all(s <= t for s, t in zip(noisy.shape, CAREAMICS_TILE))
+    whole = all(s <= t for s, t in zip(noisy.shape, CAREAMICS_TILE, strict=True))
     dst = folder / f"careamics-{'n2v2' if n2v2 else 'n2v'}.npy"
     job = {"src": str(folder / "noisy.npy"), "dst": str(dst), "work_dir": str(folder / dst.stem),
            "n2v2": n2v2, "seconds": 60 * args.minutes, "threads": args.threads, "patch": list(CAREAMICS_PATCH),
@@ -402,7 +402,8 @@ def markdown(rows: list[dict[str, Any]], machine: str) -> list[str]:
         lag = ("-" if r.get("residual_lag1_corr_x") is None
                else f"{r['residual_lag1_corr_x']:.2f} / {r['residual_lag1_corr_y']:.2f}")
         cells = [r["shape"], f"{r['photons']:g}", r.get("x_correlation", 1), f"{r['minutes']:g}",
-                 f"{r['input_psnr']:.2f}", r["method"], score, gain, nyquist, lag, seconds(r["train_s"]), seconds(r["predict_s"]), "-" if r["steps"] is None else r["steps"],
+                 f"{r['input_psnr']:.2f}", r["method"], score, gain, nyquist, lag, seconds(r["train_s"]),
+                 seconds(r["predict_s"]), "-" if r["steps"] is None else r["steps"],
                  " ".join(map(str, r["load_before"])), " ".join(map(str, r["load_after"])), r["notes"]]
         lines.append("| " + " | ".join(map(str, cells)) + " |")
     config = next((r["config"] for r in reversed(rows) if r["method"] == "n2vpipe"), None)

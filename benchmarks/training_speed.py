@@ -32,6 +32,7 @@ the heaviest torch operators. Writes results/training_speed.json, .md and .png.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import statistics
@@ -165,14 +166,14 @@ def make_volume(shape: tuple[int, int, int], seed: int = 0) -> np.ndarray:
     rng = np.random.default_rng(seed)
     coarse = rng.random((max(1, shape[0] // 8), max(1, shape[1] // 16), max(1, shape[2] // 16)))
     fine = coarse.repeat(8, 0).repeat(16, 1).repeat(16, 2)
-    fine = np.pad(fine, [(0, max(0, s - f)) for s, f in zip(shape, fine.shape)], mode="edge")
+    fine = np.pad(fine, [(0, max(0, s - f)) for s, f in zip(shape, fine.shape, strict=True)], mode="edge")
     signal = 20 + 200 * fine[: shape[0], : shape[1], : shape[2]]
     return rng.poisson(signal).astype(np.uint16)
 
 
 def steady_rate(stamps: list[list[float]], warmup: int) -> tuple[float, int]:
     """Steps/s over the intervals between consecutive steps after ``warmup``, within an epoch; and their count."""
-    intervals = [b[1] - a[1] for a, b in zip(stamps[warmup:], stamps[warmup + 1:]) if a[0] == b[0]]
+    intervals = [b[1] - a[1] for a, b in itertools.pairwise(stamps[warmup:]) if a[0] == b[0]]
     if not intervals:
         raise RuntimeError(f"no steady-state intervals in {len(stamps)} steps with warm-up {warmup}")
     return len(intervals) / sum(intervals), len(intervals)
@@ -240,8 +241,8 @@ def main() -> None:
                 print(f"round {round_index} {name}: {rate:.4f} steps/s, load {before} -> {runs[-1]['load_after']}",
                       flush=True)
         if args.profile:
-            profile = run_worker([sys.executable, "-c", PROFILE, json.dumps({**job, "steps": args.warmup + args.steps})],
-                                 workers["n2vpipe"][2])
+            profile_job = json.dumps({**job, "steps": args.warmup + args.steps})
+            profile = run_worker([sys.executable, "-c", PROFILE, profile_job], workers["n2vpipe"][2])
     facts = {"cpu": cpu_model(), "cores": os.cpu_count(), "threads": args.threads, "volume": args.shape,
              "patch": args.patch, "batch": args.batch, "steps": args.steps, "warmup": args.warmup,
              "rounds": args.rounds, "quick": args.quick}
@@ -267,8 +268,8 @@ def summarise(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
 def describe(facts: dict[str, Any]) -> str:
     """One line naming the machine and the setting."""
     quick = ", QUICK SMOKE TEST" if facts["quick"] else ""
-    return (f"{facts['cpu']}, {facts['cores']} cores, {facts['threads']} torch threads per run; patch {facts['patch']}, "
-            f"batch {facts['batch']}, volume {facts['volume']}{quick}")
+    return (f"{facts['cpu']}, {facts['cores']} cores, {facts['threads']} torch threads per run; "
+            f"patch {facts['patch']}, batch {facts['batch']}, volume {facts['volume']}{quick}")
 
 
 def markdown(summary: list[dict[str, Any]], runs: list[dict[str, Any]], facts: dict[str, Any],
@@ -288,7 +289,8 @@ def markdown(summary: list[dict[str, Any]], runs: list[dict[str, Any]], facts: d
               ("| method | arithmetic | steps/s (median) | min | max | patches/s | parameters | forward GFLOP/batch | "
                "torch | DataLoader workers |"), "|---|---|---|---|---|---|---|---|---|---|"]
     lines += [f"| {r['method']} {r['version']} | {r['arithmetic']} | {r['median_steps_per_s']:.4f} | "
-              f"{r['min_steps_per_s']:.4f} | {r['max_steps_per_s']:.4f} | {r['median_steps_per_s'] * facts['batch']:.3f} | "
+              f"{r['min_steps_per_s']:.4f} | {r['max_steps_per_s']:.4f} | "
+              f"{r['median_steps_per_s'] * facts['batch']:.3f} | "
               f"{r['parameters']:,} | {r['forward_gflop_per_batch']} | {r['torch']} | {r['dataloader_workers']} |"
               for r in summary]
     lines += ["", "Every run, in order (load averages 1/5/15 min before and after; the CPU is shared):", "",
@@ -297,7 +299,8 @@ def markdown(summary: list[dict[str, Any]], runs: list[dict[str, Any]], facts: d
     lines += [f"| {r['round']} | {r['method']} | {r['steps_per_s']:.4f} | {r['timed_intervals']} | {r['wall_s']} | "
               f"{' '.join(map(str, r['load_before']))} | {' '.join(map(str, r['load_after']))} |" for r in runs]
     if profile:
-        lines += ["", "n2vpipe, seconds per step by part (cProfile, inclusive, averaged over all steps including warm-up; under profiling):", "",
+        lines += ["", "n2vpipe, seconds per step by part (cProfile, inclusive, averaged over all steps including "
+                  "warm-up; under profiling):", "",
                   "| part | s/step |", "|---|---|"]
         lines += [f"| {name} | {seconds:.3f} |" for name, seconds in profile["seconds_per_step"].items()]
         lines += ["", "Heaviest torch operators (torch.profiler, self CPU time summed over threads):", "",
@@ -318,8 +321,8 @@ def write_results(name: str, runs: list[dict[str, Any]], summary: list[dict[str,
     png = save_results(name, describe(facts), rows, markdown(summary, runs, facts, profile))
     fig, ax = plt.subplots(figsize=(8, 4))
     names = [f"{r['method']}\n({r['arithmetic']})" for r in summary]
-    ax.bar(names, [r["median_steps_per_s"] for r in summary], color=["tab:orange", "tab:blue", "tab:green", "tab:cyan"][:len(names)],
-           label="median")
+    colours = ["tab:orange", "tab:blue", "tab:green", "tab:cyan"][:len(names)]
+    ax.bar(names, [r["median_steps_per_s"] for r in summary], color=colours, label="median")
     for index in range(len(names)):
         rates = [r["steps_per_s"] for r in runs if r["method"] == summary[index]["method"]]
         ax.scatter([index] * len(rates), rates, color="k", s=12, zorder=3, label="runs" if index == 0 else None)

@@ -83,7 +83,7 @@ def test_masking_is_reproducible_with_the_same_seed() -> None:
     batch = np.random.default_rng(5).normal(size=(2, 8, 32, 32)).astype(np.float32)
     first = mask_batch(batch, 0.01, 2, "uniform", np.random.default_rng(6))
     second = mask_batch(batch, 0.01, 2, "uniform", np.random.default_rng(6))
-    assert all(np.array_equal(a, b) for a, b in zip(first, second))
+    assert all(np.array_equal(a, b) for a, b in zip(first, second, strict=True))
 
 
 LINE_X = [[1, 1, 1, 1, 1]]
@@ -128,7 +128,7 @@ def test_struct_mask_leaves_the_loss_mask_on_the_blind_spots_only() -> None:
     """Changed pixels are exactly the blind spots and their struct positions: the mask holds no struct position."""
     batch = np.random.default_rng(8).permutation(2 * 12 * 40 * 40).reshape(2, 12, 40, 40).astype(np.float32)
     inputs, masks = mask_batch(batch, 0.01, 2, "uniform", np.random.default_rng(9), struct_mask=LINE_X)
-    for patch, network_input, mask in zip(batch, inputs, masks):
+    for patch, network_input, mask in zip(batch, inputs, masks, strict=True):
         hidden = _struct_hidden(mask, LINE_X)
         assert hidden.sum() > 2 * mask.sum()
         assert np.array_equal(network_input != patch, mask | hidden)

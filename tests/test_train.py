@@ -140,7 +140,7 @@ def test_augmentation_never_mixes_z() -> None:
     """Each Z plane of an augmented patch comes from the same Z plane of the original."""
     batch = np.arange(2 * 4 * 8 * 8, dtype=np.float32).reshape(2, 4, 8, 8)
     out = augment(batch, np.random.default_rng(0))
-    for original, augmented in zip(batch, out):
+    for original, augmented in zip(batch, out, strict=True):
         for z in range(4):
             assert set(augmented[z].ravel()) == set(original[z].ravel())
 
@@ -154,7 +154,7 @@ def _log_rows(model_dir: Path) -> list[dict[str, float]]:
     """The training log as numbers, one dict per row."""
     lines = (model_dir / "training_log.csv").read_text().split()
     header = lines[0].split(",")
-    return [dict(zip(header, map(float, line.split(",")))) for line in lines[1:]]
+    return [dict(zip(header, map(float, line.split(",")), strict=True)) for line in lines[1:]]
 
 
 def _history(model_dir: Path) -> dict:
@@ -283,7 +283,8 @@ def test_a_diverging_run_stops_with_the_file_named_and_a_finite_checkpoint(
         train_n2v(raw_zarr, tmp_path / "model", config)
     assert not (tmp_path / "model").exists()
     kept = torch.load(partial_path(tmp_path / "model") / CHECKPOINT_FILE, weights_only=True)
-    assert all(torch.isfinite(weights).all() for weights in kept["model"].values()), "the kept checkpoint must be usable"
+    usable = all(torch.isfinite(weights).all() for weights in kept["model"].values())
+    assert usable, "the kept checkpoint must be usable"
 
 
 def test_bfloat16_training_takes_other_steps_than_float32_and_says_so(raw_zarr: Path, tmp_path: Path) -> None:

@@ -88,7 +88,7 @@ def test_receptive_reach_bounds_the_measured_influence(spec: UNetSpec) -> None:
             parameter.copy_(parameter.abs() + 0.01)
     grid = total_downsampling(spec)
     reach = receptive_reach(spec)
-    size = tuple(-(-2 * (r + g) // g) * g for r, g in zip(reach, grid))  # 2 * (reach + grid), on the grid
+    size = tuple(-(-2 * (r + g) // g) * g for r, g in zip(reach, grid, strict=True))  # 2 * (reach + grid), on the grid
     x = torch.rand(1, 1, *size, requires_grad=True)
     centre = tuple(s // 2 for s in size)
     model(x)[(0, 0, *centre)].backward()
@@ -120,7 +120,7 @@ def test_tiled_prediction_equals_whole_volume_prediction(block_shape: tuple[int,
     blocks = plan_blocks(meta, block_shape, block_shape, grid)
     assert len(blocks) > 1
     for block in blocks:
-        region = tuple(slice(a, b) for a, b in zip(block.start, block.stop))
+        region = tuple(slice(a, b) for a, b in zip(block.start, block.stop, strict=True))
         tiled[region] = predict_block(volume, meta, model, norm, block, halo, grid, cpu)
     assert not np.isnan(tiled).any()
     # rtol: float32 rounding of the added-back mean (N2V2's blur makes an untrained model's output very flat)
@@ -192,12 +192,12 @@ def test_upsample_conv_equals_nearest_upsampling_then_convolution(factors: tuple
 def _textbook_forward(model: UNet, x: torch.Tensor) -> torch.Tensor:
     """The U-Net as usually written: upsample, concatenate the skip, convolve."""
     spec, skips = model.spec, []
-    for encoder, pool in zip(model.encoders, model.pools):
+    for encoder, pool in zip(model.encoders, model.pools, strict=True):
         x = encoder(x)
         skips.append(x)
         x = pool(x)
     x = model.bottom(x)
-    for level, decoder in zip(reversed(range(spec.depth)), model.decoders):
+    for level, decoder in zip(reversed(range(spec.depth)), model.decoders, strict=True):
         x = F.interpolate(x, scale_factor=spec.pooling[level], mode="nearest")
         if not (spec.n2v2 and level == 0):
             x = torch.cat([x, skips[level]], dim=1)
@@ -217,12 +217,12 @@ def test_forward_and_gradients_equal_the_textbook_unet(spec: UNetSpec) -> None:
         results.append((out.detach(), [p.grad.clone() for p in model.parameters()]))
     (ours, our_grads), (textbook, textbook_grads) = results
     torch.testing.assert_close(ours, textbook, rtol=1e-10, atol=1e-10)
-    for ours_grad, textbook_grad in zip(our_grads, textbook_grads):
+    for ours_grad, textbook_grad in zip(our_grads, textbook_grads, strict=True):
         torch.testing.assert_close(ours_grad, textbook_grad, rtol=1e-8, atol=1e-10)
 
 
 def _central(tensor: torch.Tensor, margins: tuple[int, ...]) -> torch.Tensor:
-    return tensor[(..., *(slice(m, n - m) for m, n in zip(margins, tensor.shape[2:])))]
+    return tensor[(..., *(slice(m, n - m) for m, n in zip(margins, tensor.shape[2:], strict=True)))]
 
 
 # Slabs of one row each, of a few rows (ragged last slab) and of the whole input.
@@ -249,7 +249,7 @@ def test_forward_cropped_equals_the_central_crop_of_forward(spec: UNetSpec, shap
         whole = model(x)
         for slab_voxels in SLAB_SIZES:
             cropped = model.forward_cropped(x, margins, slab_voxels)
-            assert cropped.shape[2:] == tuple(n - 2 * m for n, m in zip(shape, margins))
+            assert cropped.shape[2:] == tuple(n - 2 * m for n, m in zip(shape, margins, strict=True))
             torch.testing.assert_close(cropped, _central(whole, margins), rtol=1e-5, atol=1e-5)
 
 

@@ -31,7 +31,8 @@ log = logging.getLogger(__name__)
 
 def chunk_shape(meta: ImageMeta, spatial_chunks: Mapping[str, int]) -> tuple[int, ...]:
     """Zarr chunk shape for ``meta``: one channel and time point per chunk, spatial sizes from config."""
-    return tuple(min(spatial_chunks.get(a, 1), s) if a in "zyx" else 1 for a, s in zip(meta.axes, meta.shape))
+    return tuple(min(spatial_chunks.get(a, 1), s) if a in "zyx" else 1
+                 for a, s in zip(meta.axes, meta.shape, strict=True))
 
 
 class StorageAlignedReader:
@@ -56,7 +57,7 @@ class StorageAlignedReader:
     def region_key(self, key: tuple[slice, ...]) -> tuple[slice, ...]:
         """The region in whole strips or tiles (``storage``: their rows and columns) that holds ``key``."""
         aligned = []
-        for extent, size, step in zip(key[-2:], self.shape[-2:], self.storage):
+        for extent, size, step in zip(key[-2:], self.shape[-2:], self.storage, strict=True):
             start = extent.start // step * step
             aligned.append(slice(start, min(size, -(-extent.stop // step) * step)))
         return (*key[:-2], *aligned)
@@ -67,7 +68,7 @@ class StorageAlignedReader:
         Raises :class:`InputError` naming the file when its data cannot be decoded
         (a damaged strip or tile: imagecodecs raises ``RuntimeError``s, tifffile ``ValueError``s).
         """
-        key = tuple(slice(*k.indices(n)[:2]) for k, n in zip(key, self.shape))
+        key = tuple(slice(*k.indices(n)[:2]) for k, n in zip(key, self.shape, strict=True))
         region_key = self.region_key(key)
         with self._lock:
             if region_key != self._region_key:
@@ -79,7 +80,8 @@ class StorageAlignedReader:
                     raise InputError(f"{self.path}: cannot decode the image data at [{where}]: {err}") from err
                 self._region_key = region_key
             region = self._region
-        inner = tuple(slice(k.start - r.start, k.stop - r.start) for k, r in zip(key[-2:], region_key[-2:]))
+        inner = tuple(slice(k.start - r.start, k.stop - r.start)
+                      for k, r in zip(key[-2:], region_key[-2:], strict=True))
         return region[(..., *inner)].copy()
 
 

@@ -65,12 +65,12 @@ class ImageMeta:
     @property
     def spatial_shape(self) -> tuple[int, ...]:
         """Shape along the spatial axes only."""
-        return tuple(s for a, s in zip(self.axes, self.shape) if a in SPATIAL_AXES)
+        return tuple(s for a, s in zip(self.axes, self.shape, strict=True) if a in SPATIAL_AXES)
 
     @property
     def spatial_scale(self) -> tuple[float, ...]:
         """Voxel size along the spatial axes only."""
-        return tuple(s for a, s in zip(self.axes, self.scale) if a in SPATIAL_AXES)
+        return tuple(s for a, s in zip(self.axes, self.scale, strict=True) if a in SPATIAL_AXES)
 
     def size(self, axis: str) -> int:
         """Length along ``axis``, 1 when the axis is absent."""
@@ -78,12 +78,12 @@ class ImageMeta:
 
     def key(self, t: int, c: int, start: Sequence[int], stop: Sequence[int]) -> tuple[Any, ...]:
         """Index into a canonical array: one time point, one channel, a spatial box ``[start, stop)``."""
-        spatial = iter(zip(start, stop))
+        spatial = iter(zip(start, stop, strict=True))
         return tuple(t if a == "t" else c if a == "c" else slice(*next(spatial)) for a in self.axes)
 
     def spatial_chunks(self, chunks: Sequence[int]) -> tuple[int, ...]:
         """The spatial entries of a chunk shape given in canonical order."""
-        return tuple(c for a, c in zip(self.axes, chunks) if a in SPATIAL_AXES)
+        return tuple(c for a, c in zip(self.axes, chunks, strict=True) if a in SPATIAL_AXES)
 
 
 def acquisition_name(path: Path) -> str:
@@ -190,7 +190,7 @@ class ContiguousTiffArray:
         """The region selected by one slice (step 1) per axis, as dask asks for it."""
         if not isinstance(key, tuple) or len(key) != self.ndim or not all(isinstance(k, slice) for k in key):
             raise TypeError(f"{type(self).__name__} takes one slice per axis, got {key!r}")
-        ranges = [range(*k.indices(n)) for k, n in zip(key, self.shape)]
+        ranges = [range(*k.indices(n)) for k, n in zip(key, self.shape, strict=True)]
         if any(r.step != 1 for r in ranges):
             raise TypeError(f"{type(self).__name__} reads contiguous slices only, got {key!r}")
         out = np.empty([len(r) for r in ranges], dtype=self.dtype)
@@ -202,8 +202,8 @@ class ContiguousTiffArray:
         full_rows = np.empty((len(rows), width), dtype=self.file_dtype)
         with open(self.path, "rb", buffering=0) as handle:
             for index in itertools.product(*(range(len(r)) for r in ranges[:-2])):
-                page = int(np.ravel_multi_index([r[i] for r, i in zip(ranges, index)], self.shape[:-2])) \
-                    if index else 0
+                page = int(np.ravel_multi_index([r[i] for r, i in zip(ranges[:-2], index, strict=True)],
+                                                self.shape[:-2])) if index else 0
                 handle.seek(self.offset + (page * plane_size + rows.start * width) * self.file_dtype.itemsize)
                 if handle.readinto(full_rows) != full_rows.nbytes:
                     raise InputError(f"{self.path}: file ends before the image data does (truncated?)")
@@ -312,7 +312,7 @@ def create_ome_zarr(
     array = group.create_array(
         "0",
         shape=meta.shape,
-        chunks=tuple(min(c, s) for c, s in zip(chunks, meta.shape)),
+        chunks=tuple(min(c, s) for c, s in zip(chunks, meta.shape, strict=True)),
         dtype=meta.dtype,
         compressors=compressor,
         fill_value=0,
@@ -369,7 +369,8 @@ def _chunk_key(array: zarr.Array, coords: Sequence[int]) -> str:
 def _undecodable_chunks(array: zarr.Array, key: tuple[Any, ...]) -> list[str]:
     """Keys of the chunks under ``key`` (ints and step-1 slices) that fail to decode, each read alone."""
     ranges = []
-    for index, size, chunk in zip(key, array.shape, array.chunks):
+    # A key may index fewer axes than the array has (as zarr allows): the rest are then whole.
+    for index, size, chunk in zip(key, array.shape, array.chunks, strict=False):
         start, stop = (index, index + 1) if isinstance(index, (int, np.integer)) else index.indices(size)[:2]
         ranges.append(range(start // chunk, -(-stop // chunk)))
     bad = []
@@ -395,14 +396,15 @@ def read_region(array: zarr.Array, key: tuple[Any, ...]) -> np.ndarray:
 
 def sample_voxels(array: zarr.Array, meta: ImageMeta, channel: int, rng: np.random.Generator,
                   max_chunks: int = 64, samples_per_chunk: int = 4096) -> np.ndarray:
-    """Voxel values of one channel sampled over the whole volume: ``max_chunks`` random chunks, a random subset of each."""
+    """Voxel values of one channel sampled over the whole volume: ``max_chunks`` random chunks, a random
+    subset of each."""
     spatial_chunks = meta.spatial_chunks(array.chunks)
-    grid = [-(-s // c) for s, c in zip(meta.spatial_shape, spatial_chunks)]
+    grid = [-(-s // c) for s, c in zip(meta.spatial_shape, spatial_chunks, strict=True)]
     values = []
     for _ in range(max_chunks):
         t = int(rng.integers(meta.size("t")))
-        start = tuple(int(rng.integers(g)) * c for g, c in zip(grid, spatial_chunks))
-        stop = tuple(min(s + c, n) for s, c, n in zip(start, spatial_chunks, meta.spatial_shape))
+        start = tuple(int(rng.integers(g)) * c for g, c in zip(grid, spatial_chunks, strict=True))
+        stop = tuple(min(s + c, n) for s, c, n in zip(start, spatial_chunks, meta.spatial_shape, strict=True))
         block = read_region(array, meta.key(t, channel, start, stop)).ravel()
         values.append(rng.choice(block, size=min(samples_per_chunk, block.size), replace=False))
     return np.concatenate(values).astype(np.float64)
@@ -493,7 +495,7 @@ def export_tiff(array: zarr.Array, meta: ImageMeta, dst: Path) -> None:
     """Stream ``array`` into an ImageJ hyperstack TIFF that Fiji opens with its voxel size."""
     imagej_axes = "".join(a for a in "tzcyx" if a in meta.axes).upper()
     imagej_shape = tuple(meta.size(a.lower()) for a in imagej_axes)
-    scale = dict(zip(meta.axes, meta.scale))
+    scale = dict(zip(meta.axes, meta.scale, strict=True))
     metadata: dict[str, Any] = {"axes": imagej_axes, "unit": "um" if meta.unit == "micrometer" else meta.unit}
     if "z" in scale:
         metadata["spacing"] = scale["z"]
@@ -515,7 +517,7 @@ def pyramid_factors(meta: ImageMeta) -> tuple[int, ...]:
     Y and X halve; Z halves only while its voxels are not already much coarser
     than in-plane (so strongly anisotropic stacks keep their Z resolution).
     """
-    scale = dict(zip(meta.axes, meta.scale))
+    scale = dict(zip(meta.axes, meta.scale, strict=True))
     factors = []
     for axis in meta.axes:
         if axis in "yx":
@@ -543,22 +545,22 @@ def write_pyramid(path: Path, levels: int, compressor: numcodecs.abc.Codec, min_
     current = meta
     for level in range(1, levels):
         factors = pyramid_factors(current)
-        shape = tuple(s // f for s, f in zip(current.shape, factors))
-        if min(s for a, s in zip(current.axes, shape) if a in "yx") < min_size:
+        shape = tuple(s // f for s, f in zip(current.shape, factors, strict=True))
+        if min(s for a, s in zip(current.axes, shape, strict=True) if a in "yx") < min_size:
             break
         previous = da.from_zarr(group[str(level - 1)])
         down = da.coarsen(np.mean, previous, dict(enumerate(factors)), trim_excess=True)
         target = group.create_array(
             str(level),
             shape=shape,
-            chunks=tuple(min(c, s) for c, s in zip(base.chunks, shape)),
+            chunks=tuple(min(c, s) for c, s in zip(base.chunks, shape, strict=True)),
             dtype=base.dtype,
             compressors=compressor,
             fill_value=0,
             chunk_key_encoding={"name": "v2", "separator": "/"},
         )
         down.astype(base.dtype).rechunk(target.chunks).store(target, lock=False)
-        scales.append([s * f for s, f in zip(scales[-1], factors)])
+        scales.append([s * f for s, f in zip(scales[-1], factors, strict=True)])
         current = ImageMeta(current.axes, shape, current.dtype, tuple(scales[-1]), current.unit)
     multiscale["datasets"] = ngff_multiscales(meta, scales, multiscale.get("name", ""))[0]["datasets"]
     group.attrs["multiscales"] = [multiscale]

@@ -84,7 +84,7 @@ class Block:
     @property
     def voxels(self) -> int:
         """Output voxels of this block."""
-        return math.prod(e - s for s, e in zip(self.start, self.stop))
+        return math.prod(e - s for s, e in zip(self.start, self.stop, strict=True))
 
     @property
     def name(self) -> str:
@@ -99,15 +99,16 @@ def plan_blocks(meta: ImageMeta, block_shape: tuple[int, ...], chunks: tuple[int
     Raises ``ValueError`` unless every block side is a multiple of the zarr chunk
     and of the pooling grid (or spans the whole axis).
     """
-    for axis, size, block, chunk, step in zip(meta.spatial_axes, meta.spatial_shape, block_shape, chunks, grid):
+    for axis, size, block, chunk, step in zip(meta.spatial_axes, meta.spatial_shape, block_shape, chunks, grid,
+                                              strict=True):
         if block < size and (block % chunk or block % step):
             raise ValueError(f"block {block} along {axis} must be a multiple of the chunk ({chunk}) "
                              f"and of the network's pooling grid ({step})")
-    starts = [range(0, size, block) for size, block in zip(meta.spatial_shape, block_shape)]
+    starts = [range(0, size, block) for size, block in zip(meta.spatial_shape, block_shape, strict=True)]
     blocks = []
     for t, c in itertools.product(range(meta.size("t")), range(meta.size("c"))):
         for start in itertools.product(*starts):
-            stop = tuple(min(s + b, n) for s, b, n in zip(start, block_shape, meta.spatial_shape))
+            stop = tuple(min(s + b, n) for s, b, n in zip(start, block_shape, meta.spatial_shape, strict=True))
             blocks.append(Block(t, c, tuple(start), stop))
     return blocks
 
@@ -115,7 +116,7 @@ def plan_blocks(meta: ImageMeta, block_shape: tuple[int, ...], chunks: tuple[int
 def halo_on_grid(spec: UNetSpec) -> tuple[int, ...]:
     """Halo per axis: the receptive reach rounded up to the pooling grid, so that a block read with it
     still starts on the grid."""
-    return tuple(-(-r // g) * g for r, g in zip(receptive_reach(spec), total_downsampling(spec)))
+    return tuple(-(-r // g) * g for r, g in zip(receptive_reach(spec), total_downsampling(spec), strict=True))
 
 
 def read_with_halo(array: zarr.Array, meta: ImageMeta, block: Block,
@@ -123,9 +124,9 @@ def read_with_halo(array: zarr.Array, meta: ImageMeta, block: Block,
     """Read ``block`` grown by ``halo`` on each side, clipped to the volume; return it with the
     ``(before, after)`` margin per axis that lies outside the block (0 at the volume border).
     An undecodable chunk raises :class:`~n2vpipe.errors.InputError` naming the store, array and chunk key."""
-    lo = [max(0, s - h) for s, h in zip(block.start, halo)]
-    hi = [min(n, e + h) for e, h, n in zip(block.stop, halo, meta.spatial_shape)]
-    margins = tuple((s - a, b - e) for a, b, s, e in zip(lo, hi, block.start, block.stop))
+    lo = [max(0, s - h) for s, h in zip(block.start, halo, strict=True)]
+    hi = [min(n, e + h) for e, h, n in zip(block.stop, halo, meta.spatial_shape, strict=True)]
+    margins = tuple((s - a, b - e) for a, b, s, e in zip(lo, hi, block.start, block.stop, strict=True))
     return read_region(array, meta.key(block.t, block.c, lo, hi)), margins
 
 
@@ -137,14 +138,14 @@ def run_network(model: UNet, data: np.ndarray, grid: tuple[int, ...], device: to
     (:meth:`UNet.forward_cropped`: the decoder runs only where the output needs it).
     ``arithmetic`` (bfloat16 or float16) runs it under autocast to that dtype (float32 result).
     """
-    pad = [(0, (-s) % g) for s, g in zip(data.shape, grid)]
+    pad = [(0, (-s) % g) for s, g in zip(data.shape, grid, strict=True)]
     padded = np.pad(data, pad, mode="reflect") if any(p for _, p in pad) else data
     tensor = to_device(padded[None, None], device, memory_format(data.ndim))
     with torch.inference_mode(), torch.autocast(device.type, dtype=arithmetic, enabled=arithmetic is not None):
         if margins is None:
             out = model(tensor)[(..., *(slice(0, s) for s in data.shape))]
         else:
-            out = model.forward_cropped(tensor, [(lo, hi + p) for (lo, hi), (_, p) in zip(margins, pad)])
+            out = model.forward_cropped(tensor, [(lo, hi + p) for (lo, hi), (_, p) in zip(margins, pad, strict=True)])
     return out.float()[0, 0].cpu().numpy()
 
 
@@ -180,7 +181,8 @@ def fuse_batch_norm(module: torch.nn.Module) -> torch.nn.Module:
         layers = list(module)
         for i in range(len(layers) - 1):
             conv, norm = layers[i], layers[i + 1]
-            if isinstance(conv, torch.nn.modules.conv._ConvNd) and isinstance(norm, torch.nn.modules.batchnorm._BatchNorm):
+            if isinstance(conv, torch.nn.modules.conv._ConvNd) \
+                    and isinstance(norm, torch.nn.modules.batchnorm._BatchNorm):
                 module[i] = fuse_conv_bn_eval(conv, norm)
                 module[i + 1] = torch.nn.Identity()
     return module
@@ -215,7 +217,7 @@ class OutputEncoding:
             low, high = tuple(float(b[0]) for b in bounds), tuple(float(b[1]) for b in bounds)
         else:
             low, high = (float(output_range[0]),) * meta.size("c"), (float(output_range[1]),) * meta.size("c")
-        if any(h <= lo for lo, h in zip(low, high)):
+        if any(h <= lo for lo, h in zip(low, high, strict=True)):
             raise ValueError(f"output range needs low < high, got low {low}, high {high}")
         return cls(dtype, low, high)
 
@@ -233,7 +235,7 @@ class OutputEncoding:
             return {"dtype": "float32"}
         top = np.iinfo(self.dtype).max
         return {"dtype": self.dtype, "offset": list(self.low),
-                "scale": [(h - lo) / top for lo, h in zip(self.low, self.high)]}
+                "scale": [(h - lo) / top for lo, h in zip(self.low, self.high, strict=True)]}
 
 
 class BlockTimes(NamedTuple):
@@ -339,8 +341,8 @@ def check_finite(result: np.ndarray, block: Block, model_dir: Path) -> None:
     bad = result.size - int(np.count_nonzero(np.isfinite(result)))
     if bad:
         raise NonFiniteOutput(f"{model_dir}: the model's output for block {block.name} has {bad:,} NaN or infinite "
-                              "values; nothing of it was written. The model diverged (delete the model folder and rerun, "
-                              "with train.precision: float32 if it used another) or the input's intensities lie "
+                              "values; nothing of it was written. The model diverged (delete the model folder and "
+                              "rerun, with train.precision: float32 if it used another) or the input's intensities lie "
                               "beyond float32's range (rescale the input)")
 
 
@@ -495,7 +497,7 @@ def predict_part(raw_zarr: Path, model_dir: Path, dst: Path, block_shape: Mappin
     grid = total_downsampling(description.spec)
     halo = halo_on_grid(description.spec)
     sizes = planar_block if planar_block is not None and "z" not in meta.spatial_axes else block_shape
-    block = tuple(min(int(sizes[a]), s) for a, s in zip(meta.spatial_axes, meta.spatial_shape))
+    block = tuple(min(int(sizes[a]), s) for a, s in zip(meta.spatial_axes, meta.spatial_shape, strict=True))
     blocks = plan_blocks(meta, block, block, grid)
     torch.set_num_threads(max(1, threads))
     partial = partial_path(dst)

@@ -48,7 +48,7 @@ def middle_plane(array: zarr.Array, meta: ImageMeta, channel: int) -> np.ndarray
     """The central Z plane (or the image itself in 2D) of one channel at the first time point; an
     undecodable chunk raises :class:`~n2vpipe.errors.InputError` naming the store, array and chunk key."""
     key = []
-    for axis, size in zip(meta.axes, meta.shape):
+    for axis, size in zip(meta.axes, meta.shape, strict=True):
         if axis == "c":
             key.append(channel)
         elif axis == "t":

@@ -47,7 +47,7 @@ def file_digest(path: Path, edge_bytes: int = EDGE_BYTES, blocks: int = SAMPLE_B
     digest = hashlib.blake2b(str(size).encode(), digest_size=16)
     offsets = [0, max(0, size - edge_bytes)] + [size * (i + 1) // (blocks + 1) for i in range(blocks)]
     with open(path, "rb") as handle:
-        for offset, length in zip(offsets, [edge_bytes, edge_bytes] + [SAMPLE_BYTES] * blocks):
+        for offset, length in zip(offsets, [edge_bytes, edge_bytes] + [SAMPLE_BYTES] * blocks, strict=True):
             handle.seek(offset)
             digest.update(handle.read(length))
     return digest.hexdigest()

@@ -83,7 +83,7 @@ def check_dtype(path: Path, dtype: np.dtype) -> None:
 
 def _series_planes(series: tifffile.TiffPageSeries) -> dict[str, int]:
     """Sizes of the series' non-image axes (every axis but Y, X and samples S)."""
-    return {axis: size for axis, size in zip(series.axes, series.shape) if axis not in "YXS"}
+    return {axis: size for axis, size in zip(series.axes, series.shape, strict=True) if axis not in "YXS"}
 
 
 def _check_imagej_counts(path: Path, tif: tifffile.TiffFile, series: tifffile.TiffPageSeries) -> None:
@@ -93,7 +93,7 @@ def _check_imagej_counts(path: Path, tif: tifffile.TiffFile, series: tifffile.Ti
         return
     claimed = {key: int(imagej.get(key, 1)) for key in ("images", "slices", "channels", "frames")}
     planes = _series_planes(series)
-    samples = dict(zip(series.axes, series.shape)).get("S", 1)
+    samples = dict(zip(series.axes, series.shape, strict=True)).get("S", 1)
     found = {"slices": planes.get("Z", 1), "channels": planes.get("C", 1), "frames": planes.get("T", 1)}
     if "C" not in planes and claimed["channels"] == samples:  # RGB, or samples that Bio-Formats calls channels
         found["channels"] = samples
@@ -115,7 +115,7 @@ def _check_ome_counts(path: Path, tif: tifffile.TiffFile, series: tifffile.TiffP
     if pixels is None:
         return
     claimed = {axis: int(pixels.attrib.get(f"Size{axis}", 1)) for axis in "ZCT"}
-    planes = int(np.prod([s for a, s in zip(series.axes, series.shape) if a not in "YX"], dtype=np.int64))
+    planes = int(np.prod([s for a, s in zip(series.axes, series.shape, strict=True) if a not in "YX"], dtype=np.int64))
     if series.kind != "ome" or planes != claimed["Z"] * claimed["C"] * claimed["T"]:
         raise InputError(f"{path}: OME-XML claims SizeZ={claimed['Z']} SizeC={claimed['C']} SizeT={claimed['T']} "
                          f"but the file holds a {series.axes} series of shape {series.shape}: it is cut short or "

@@ -118,7 +118,7 @@ class Region:
     @property
     def shape(self) -> tuple[int, ...]:
         """Extent per axis."""
-        return tuple(b - a for a, b in zip(self.start, self.stop))
+        return tuple(b - a for a, b in zip(self.start, self.stop, strict=True))
 
 
 def effective_patch(meta: ImageMeta, config: TrainConfig, grid: tuple[int, ...], source: Path) -> tuple[int, ...]:
@@ -127,7 +127,7 @@ def effective_patch(meta: ImageMeta, config: TrainConfig, grid: tuple[int, ...],
     Raises :class:`~n2vpipe.errors.InputError` naming ``source`` when the volume is smaller than
     the grid along an axis."""
     patch = []
-    for axis, size, step in zip(meta.spatial_axes, meta.spatial_shape, grid):
+    for axis, size, step in zip(meta.spatial_axes, meta.spatial_shape, grid, strict=True):
         wanted = min(int(config.patch[axis]), size)
         rounded = (wanted // step) * step
         if rounded < step:
@@ -151,7 +151,7 @@ def split_regions(shape: tuple[int, ...], patch: tuple[int, ...], fraction: floa
     whole = Region((0,) * len(shape), tuple(shape))
     if fraction <= 0:
         return whole, None
-    room = [s / p for s, p in zip(shape, patch)]
+    room = [s / p for s, p in zip(shape, patch, strict=True)]
     axis = int(np.argmax(room))
     depth = math.ceil(max(shape[axis] * fraction, patch[axis] / 2) / grid[axis]) * grid[axis]
     if shape[axis] - depth < patch[axis]:
@@ -166,7 +166,7 @@ def split_regions(shape: tuple[int, ...], patch: tuple[int, ...], fraction: floa
 
 def validation_patch(patch: tuple[int, ...], region: Region) -> tuple[int, ...]:
     """The training patch, cut down to the validation slab where it is thinner."""
-    return tuple(min(p, r) for p, r in zip(patch, region.shape))
+    return tuple(min(p, r) for p, r in zip(patch, region.shape, strict=True))
 
 
 def estimate_normalisation(array: zarr.Array, meta: ImageMeta, rng: np.random.Generator,
@@ -206,7 +206,7 @@ class PatchPool:
         chunks = meta.spatial_chunks(array.chunks)
         self.chunks = chunks
         self.tile_shape = tuple(
-            min(r, max(p, math.ceil(2 * p / c) * c)) for r, p, c in zip(region.shape, patch, chunks)
+            min(r, max(p, math.ceil(2 * p / c) * c)) for r, p, c in zip(region.shape, patch, chunks, strict=True)
         )
         self.sources = [self._random_source() for _ in range(pool_tiles)]
         self.tiles = [self._read_tile(source) for source in self.sources]
@@ -215,7 +215,8 @@ class PatchPool:
     def _random_source(self) -> TileSource:
         """A random time point, channel and chunk-aligned origin inside the region."""
         origin = []
-        for start, stop, size, chunk in zip(self.region.start, self.region.stop, self.tile_shape, self.chunks):
+        for start, stop, size, chunk in zip(self.region.start, self.region.stop, self.tile_shape, self.chunks,
+                                            strict=True):
             latest = stop - size
             aligned = list(range(start + (-start) % chunk, latest + 1, chunk)) or [latest]
             origin.append(int(self.rng.choice(aligned)))
@@ -226,7 +227,7 @@ class PatchPool:
     def _read_tile(self, source: TileSource) -> np.ndarray:
         """The normalised tile at ``source``; an undecodable chunk names the store, array and chunk key."""
         t, channel, origin = source
-        stop = tuple(o + s for o, s in zip(origin, self.tile_shape))
+        stop = tuple(o + s for o, s in zip(origin, self.tile_shape, strict=True))
         return self.normalisation.apply(read_region(self.array, self.meta.key(t, channel, origin, stop)), channel)
 
     def state_dict(self) -> dict[str, Any]:
@@ -250,8 +251,8 @@ class PatchPool:
         patches = np.empty((count, *self.patch), dtype=np.float32)
         for i in range(count):
             tile = self.tiles[int(self.rng.integers(len(self.tiles)))]
-            corner = [int(self.rng.integers(0, s - p + 1)) for s, p in zip(tile.shape, self.patch)]
-            patches[i] = tile[tuple(slice(c, c + p) for c, p in zip(corner, self.patch))]
+            corner = [int(self.rng.integers(0, s - p + 1)) for s, p in zip(tile.shape, self.patch, strict=True)]
+            patches[i] = tile[tuple(slice(c, c + p) for c, p in zip(corner, self.patch, strict=True))]
         return patches
 
 

@@ -293,12 +293,12 @@ def margin_pairs(margin: int | Sequence[int | tuple[int, int]], ndim: int) -> Wi
 
 def _grow(window: Window, by: int, shape: Sequence[int]) -> Window:
     """``window`` grown by ``by`` on each side, clipped to ``[0, shape)``."""
-    return tuple((max(0, lo - by), min(n, hi + by)) for (lo, hi), n in zip(window, shape))
+    return tuple((max(0, lo - by), min(n, hi + by)) for (lo, hi), n in zip(window, shape, strict=True))
 
 
 def _coarsen(window: Window, factors: Sequence[int]) -> Window:
     """Smallest window of the coarser level whose nearest upsampling covers ``window``."""
-    return tuple((lo // f, -(-hi // f)) for (lo, hi), f in zip(window, factors))
+    return tuple((lo // f, -(-hi // f)) for (lo, hi), f in zip(window, factors, strict=True))
 
 
 def _starts(window: Window) -> tuple[int, ...]:
@@ -308,7 +308,7 @@ def _starts(window: Window) -> tuple[int, ...]:
 
 def _crop(x: torch.Tensor, window: Window, origin: Sequence[int]) -> torch.Tensor:
     """The part of ``x`` (whose first voxel sits at ``origin``) inside ``window``."""
-    return x[(..., *(slice(lo - o, hi - o) for (lo, hi), o in zip(window, origin)))]
+    return x[(..., *(slice(lo - o, hi - o) for (lo, hi), o in zip(window, origin, strict=True)))]
 
 
 class UNet(nn.Module):
@@ -341,7 +341,7 @@ class UNet(nn.Module):
     def _encode(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """Encoder path: the pooled input of the bottom block, and the skip tensors from the top down."""
         skips = []
-        for encoder, pool in zip(self.encoders, self.pools):
+        for encoder, pool in zip(self.encoders, self.pools, strict=True):
             x = encoder(x)
             skips.append(x)
             x = pool(x)
@@ -414,13 +414,13 @@ class UNet(nn.Module):
             """Rows of the block's first convolution on ``cat([upsample(x), skip])`` (window coordinates)."""
             up = _upsample_conv_rows(x, conv.weight[:, :up_width], self.spec.pooling[level], conv.bias,
                                      lo + offset[0], hi + offset[0])
-            up = up[(..., *(slice(o, o + b - a) for o, (a, b) in zip(offset[1:], window_across)))]
+            up = up[(..., *(slice(o, o + b - a) for o, (a, b) in zip(offset[1:], window_across, strict=True)))]
             if skip is None:
                 return up
             near = skip[:, :, max(0, lo - 1):min(rows, hi + 1)]
             return _convolve_rows(near, conv.weight[:, up_width:], None, lo, hi, rows).add_(up)
 
-        (keep_lo, keep_hi), *keep_across = [(lo - w, hi - w) for (lo, hi), (w, _) in zip(needed, window)]
+        (keep_lo, keep_hi), *keep_across = [(lo - w, hi - w) for (lo, hi), (w, _) in zip(needed, window, strict=True)]
         step = _slab_rows([b - a for a, b in window_across], slab_voxels)
         slabs = [(lo, min(lo + step, keep_hi)) for lo in range(keep_lo, keep_hi, step)]
         out = None
@@ -468,7 +468,7 @@ class UNet(nn.Module):
             raise RuntimeError("forward_cropped needs eval mode: BatchNorm batch statistics depend on the crop")
         spatial = tuple(x.shape[2:])
         margins = margin_pairs(margin, self.spec.ndim)
-        if any(lo < 0 or hi < 0 or lo + hi >= n for (lo, hi), n in zip(margins, spatial)):
+        if any(lo < 0 or hi < 0 or lo + hi >= n for (lo, hi), n in zip(margins, spatial, strict=True)):
             raise ValueError(f"margin {margin} does not leave an output inside the input {spatial}")
         needed, windows = self._decoder_windows(spatial, margins)
         skips = []
@@ -479,21 +479,21 @@ class UNet(nn.Module):
         x = _crop(x, needed[-1], _starts(windows[-1]))
         for level in reversed(range(self.spec.depth)):
             offset = [lo - c * f for lo, (c, _), f in
-                      zip(_starts(windows[level]), needed[level + 1], self.spec.pooling[level])]
+                      zip(_starts(windows[level]), needed[level + 1], self.spec.pooling[level], strict=True)]
             x = self._decode_level_in_slabs(level, x, skips.pop(), windows[level], needed[level], offset, slab_voxels)
         return x
 
     def _decoder_windows(self, spatial: tuple[int, ...], margins: Window) -> tuple[list[Window], list[Window]]:
         """Per level, top first: the needed output window of its decoder (bottom block last), and its input window."""
         shape = list(spatial)
-        needed: list[Window] = [tuple((lo, n - hi) for (lo, hi), n in zip(margins, spatial))]
+        needed: list[Window] = [tuple((lo, n - hi) for (lo, hi), n in zip(margins, spatial, strict=True))]
         windows: list[Window] = []
         for level in range(self.spec.depth + 1):
             windows.append(_grow(needed[level], CONVS_PER_LEVEL, shape))
             if level < self.spec.depth:
                 factors = self.spec.pooling[level]
                 needed.append(_coarsen(windows[level], factors))
-                shape = [n // f for n, f in zip(shape, factors)]
+                shape = [n // f for n, f in zip(shape, factors, strict=True)]
         return needed, windows
 
 
