@@ -25,14 +25,14 @@ from n2vpipe.unet import (
 )
 
 SPECS = [
-    UNetSpec(ndim=2, depth=2, base_filters=4),
-    UNetSpec(ndim=3, depth=2, base_filters=4),
-    UNetSpec(ndim=3, depth=2, base_filters=4, pooling=((1, 2, 2), (2, 2, 2))),
+    UNetSpec(ndim=2, depth=2, base_filters=4, batch_norm=True),
+    UNetSpec(ndim=3, depth=2, base_filters=4, batch_norm=True),
+    UNetSpec(ndim=3, depth=2, base_filters=4, pooling=((1, 2, 2), (2, 2, 2)), batch_norm=True),
     UNetSpec(ndim=3, depth=3, base_filters=2, batch_norm=False),
-    UNetSpec(ndim=2, depth=2, base_filters=4, n2v2=True),
-    UNetSpec(ndim=3, depth=2, base_filters=4, n2v2=True),
-    UNetSpec(ndim=3, depth=2, base_filters=4, pooling=((1, 2, 2), (2, 2, 2)), n2v2=True),
-    UNetSpec(ndim=3, depth=3, base_filters=2, pooling=((1, 2, 2), (1, 2, 2), (2, 2, 2)), n2v2=True),
+    UNetSpec(ndim=2, depth=2, base_filters=4, n2v2=True, batch_norm=True),
+    UNetSpec(ndim=3, depth=2, base_filters=4, n2v2=True, batch_norm=True),
+    UNetSpec(ndim=3, depth=2, base_filters=4, pooling=((1, 2, 2), (2, 2, 2)), n2v2=True, batch_norm=True),
+    UNetSpec(ndim=3, depth=3, base_filters=2, pooling=((1, 2, 2), (1, 2, 2), (2, 2, 2)), n2v2=True, batch_norm=True),
 ]
 
 
@@ -108,7 +108,7 @@ def test_anisotropic_pooling_keeps_z_until_voxels_are_comparable() -> None:
 @pytest.mark.parametrize("block_shape", [(8, 16, 16), (16, 32, 16), (24, 48, 56)])
 @pytest.mark.parametrize("n2v2", [False, True])
 def test_tiled_prediction_equals_whole_volume_prediction(block_shape: tuple[int, ...], n2v2: bool) -> None:
-    spec = UNetSpec(ndim=3, depth=2, base_filters=4, pooling=((1, 2, 2), (2, 2, 2)), n2v2=n2v2)
+    spec = UNetSpec(ndim=3, depth=2, base_filters=4, pooling=((1, 2, 2), (2, 2, 2)), n2v2=n2v2, batch_norm=True)
     model = _trained_like(spec, seed=1)
     shape = (21, 50, 57)
     volume = np.random.default_rng(2).normal(100, 10, size=shape).astype(np.float32)
@@ -128,7 +128,7 @@ def test_tiled_prediction_equals_whole_volume_prediction(block_shape: tuple[int,
 
 
 def test_blocks_read_a_grid_aligned_halo_inside_the_volume_and_none_beyond_its_border() -> None:
-    spec = UNetSpec(ndim=3, depth=2, base_filters=4, pooling=((1, 2, 2), (2, 2, 2)))
+    spec = UNetSpec(ndim=3, depth=2, base_filters=4, pooling=((1, 2, 2), (2, 2, 2)), batch_norm=True)
     halo = halo_on_grid(spec)
     assert receptive_reach(spec) == (13, 23, 23) and halo == (14, 24, 24)  # rounded up to the grid (2, 4, 4)
     shape = (20, 64, 96)
@@ -152,12 +152,13 @@ def test_spec_from_an_older_description_without_n2v2_is_plain_n2v() -> None:
     old = {"ndim": 3, "depth": 2, "base_filters": 8, "batch_norm": True, "pooling": [[1, 2, 2], [2, 2, 2]],
            "in_channels": 1, "out_channels": 1}
     assert UNetSpec.from_dict(old).n2v2 is False
-    spec = UNetSpec(ndim=3, n2v2=True, pooling=((1, 2, 2), (2, 2, 2)))
+    spec = UNetSpec(ndim=3, depth=2, base_filters=32, batch_norm=True, n2v2=True, pooling=((1, 2, 2), (2, 2, 2)))
     assert UNetSpec.from_dict(spec.to_dict()) == spec
 
 
 def test_n2v2_drops_the_top_skip_connection_and_adds_no_parameters_for_the_blur() -> None:
-    plain, n2v2 = (UNet(UNetSpec(ndim=3, base_filters=8, n2v2=flag)) for flag in (False, True))
+    plain, n2v2 = (UNet(UNetSpec(ndim=3, depth=2, base_filters=8, batch_norm=True, n2v2=flag))
+                   for flag in (False, True))
     assert plain.decoders[-1][0].in_channels == 16 + 8
     assert n2v2.decoders[-1][0].in_channels == 16
     assert n2v2.decoders[0][0].in_channels == plain.decoders[0][0].in_channels == 32 + 16
@@ -228,14 +229,16 @@ def _central(tensor: torch.Tensor, margins: tuple[int, ...]) -> torch.Tensor:
 # Slabs of one row each, of a few rows (ragged last slab) and of the whole input.
 SLAB_SIZES = (1, 5000, SLAB_VOXELS)
 CROPPED_CASES = [
-    (UNetSpec(ndim=2, depth=2, base_filters=4), (68, 84), None),
-    (UNetSpec(ndim=2, depth=3, base_filters=4, n2v2=True), (136, 128), (5, 60)),
-    (UNetSpec(ndim=3, depth=2, base_filters=4), (52, 56, 64), None),
-    (UNetSpec(ndim=3, depth=2, base_filters=4), (24, 24, 32), (1, 3, 10)),
-    (UNetSpec(ndim=3, depth=2, base_filters=4, n2v2=True), (60, 60, 64), None),
-    (UNetSpec(ndim=3, depth=2, base_filters=4, pooling=((1, 2, 2), (2, 2, 2))), (34, 56, 60), None),
-    (UNetSpec(ndim=3, depth=2, base_filters=4, pooling=((1, 2, 2), (2, 2, 2)), n2v2=True), (34, 64, 68), None),
-    (UNetSpec(ndim=3, depth=2, base_filters=4, pooling=((1, 2, 2), (2, 2, 2)), n2v2=True), (16, 40, 40), (2, 7, 19)),
+    (UNetSpec(ndim=2, depth=2, base_filters=4, batch_norm=True), (68, 84), None),
+    (UNetSpec(ndim=2, depth=3, base_filters=4, n2v2=True, batch_norm=True), (136, 128), (5, 60)),
+    (UNetSpec(ndim=3, depth=2, base_filters=4, batch_norm=True), (52, 56, 64), None),
+    (UNetSpec(ndim=3, depth=2, base_filters=4, batch_norm=True), (24, 24, 32), (1, 3, 10)),
+    (UNetSpec(ndim=3, depth=2, base_filters=4, n2v2=True, batch_norm=True), (60, 60, 64), None),
+    (UNetSpec(ndim=3, depth=2, base_filters=4, pooling=((1, 2, 2), (2, 2, 2)), batch_norm=True), (34, 56, 60), None),
+    (UNetSpec(ndim=3, depth=2, base_filters=4, pooling=((1, 2, 2), (2, 2, 2)), n2v2=True, batch_norm=True),
+     (34, 64, 68), None),
+    (UNetSpec(ndim=3, depth=2, base_filters=4, pooling=((1, 2, 2), (2, 2, 2)), n2v2=True, batch_norm=True),
+     (16, 40, 40), (2, 7, 19)),
 ]
 
 
@@ -254,7 +257,7 @@ def test_forward_cropped_equals_the_central_crop_of_forward(spec: UNetSpec, shap
 
 
 def test_forward_cropped_refuses_training_mode_and_empty_outputs() -> None:
-    model = UNet(UNetSpec(ndim=2, base_filters=2))
+    model = UNet(UNetSpec(ndim=2, base_filters=2, depth=2, batch_norm=True))
     with pytest.raises(RuntimeError, match="eval mode"):
         model.forward_cropped(torch.zeros(1, 1, 32, 32), 4)
     with pytest.raises(ValueError, match="margin"):
@@ -265,7 +268,7 @@ def test_forward_cropped_refuses_training_mode_and_empty_outputs() -> None:
 
 @pytest.mark.parametrize("n2v2", [False, True])
 def test_forward_cropped_with_uneven_margins_equals_that_crop_of_forward(n2v2: bool) -> None:
-    spec = UNetSpec(ndim=3, depth=2, base_filters=4, pooling=((1, 2, 2), (2, 2, 2)), n2v2=n2v2)
+    spec = UNetSpec(ndim=3, depth=2, base_filters=4, pooling=((1, 2, 2), (2, 2, 2)), n2v2=n2v2, batch_norm=True)
     model = _trained_like(spec)
     x = torch.randn(1, 1, 24, 48, 56)
     margins = [(0, 9), (17, 0), (3, 21)]
@@ -278,7 +281,7 @@ def test_forward_cropped_with_uneven_margins_equals_that_crop_of_forward(n2v2: b
 
 @pytest.mark.parametrize("n2v2", [False, True])
 def test_forward_cropped_needs_far_fewer_flops_on_a_block_with_its_halo(n2v2: bool) -> None:
-    spec = UNetSpec(ndim=3, depth=2, base_filters=32, n2v2=n2v2)
+    spec = UNetSpec(ndim=3, depth=2, base_filters=32, n2v2=n2v2, batch_norm=True)
     model = UNet(spec).to("meta").eval()
     x = torch.empty(1, 1, 64, 96, 96, device="meta")
     flops = []
@@ -306,7 +309,7 @@ class _LargestTensor(TorchDispatchMode):
 
 @pytest.mark.parametrize("n2v2", [False, True])
 def test_forward_cropped_in_slabs_never_makes_a_full_size_feature_tensor(n2v2: bool) -> None:
-    spec = UNetSpec(ndim=3, depth=2, base_filters=8, n2v2=n2v2)
+    spec = UNetSpec(ndim=3, depth=2, base_filters=8, n2v2=n2v2, batch_norm=True)
     model = _trained_like(spec)
     x = torch.randn(1, 1, 64, 96, 96)
     largest = {}

@@ -63,6 +63,29 @@ RUN_ONLY_SETTINGS = RUN_ONLY["train"]
 STOP_SIGNALS = (signal.SIGTERM,)
 
 
+TRAIN_CHOICES: dict[str, tuple[str, ...]] = {
+    "variant": ("n2v", "n2v2"),
+    "loss": ("mse", "l1"),
+    "device": ("auto", "cpu", "cuda"),
+    "precision": ("auto", "float32", "bfloat16", "float16"),
+    "lr_schedule": ("cosine", "constant"),
+}
+"""The values each choice setting takes, as ``config/schema.yaml`` lists them."""
+TRAIN_LIMITS: dict[str, tuple[float, bool, float | None]] = {
+    **{name: (1, True, None) for name in ("batch_size", "steps", "neighbour_radius", "base_filters",
+                                          "validation_patches", "validate_every", "checkpoint_every", "pool_tiles",
+                                          "tile_refresh_every")},
+    **{name: (0, True, None) for name in ("seed", "max_minutes", "early_stopping_patience",
+                                          "early_stopping_min_delta")},
+    "depth": (1, True, 5),
+    "learning_rate": (0, False, None),
+    "masked_fraction": (0, False, 0.5),
+    "validation_fraction": (0, True, 0.5),
+}
+"""(lower bound, whether the bound itself is allowed, upper bound or ``None``) of each numeric setting,
+as ``config/schema.yaml`` sets them."""
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     """Training settings; built from the ``train`` section of the workflow config."""
@@ -93,6 +116,21 @@ class TrainConfig:
     early_stopping_patience: int = 0
     early_stopping_min_delta: float = 0.0
     lr_schedule: Literal["cosine", "constant"] = "cosine"
+
+    def __post_init__(self) -> None:
+        """Reject values outside what ``config/schema.yaml`` allows (``tests/test_settings.py`` holds the
+        two equal), so that a library caller meets the same limits as a workflow config."""
+        problems = [f"{name} must be one of {', '.join(choices)}, not {getattr(self, name)!r}"
+                    for name, choices in TRAIN_CHOICES.items() if getattr(self, name) not in choices]
+        for name, (low, low_inclusive, high) in TRAIN_LIMITS.items():
+            value = getattr(self, name)
+            below = value < low if low_inclusive else value <= low
+            if below or (high is not None and value > high):
+                bounds = f"{'>=' if low_inclusive else '>'} {low}" + (f" and <= {high}" if high is not None else "")
+                problems.append(f"{name} must be {bounds}, not {value!r}")
+        problems += [f"patch.{axis} must be >= 1, not {size!r}" for axis, size in self.patch.items() if size < 1]
+        if problems:
+            raise ValueError(f"training settings: {'; '.join(problems)}")
 
     @classmethod
     def from_mapping(cls, values: Mapping[str, Any]) -> TrainConfig:

@@ -45,12 +45,15 @@ BLUR_TAPS = (1.0, 2.0, 1.0)
 
 @dataclass(frozen=True)
 class UNetSpec:
-    """Everything needed to rebuild a network: stored in the model's JSON."""
+    """Everything needed to rebuild a network: stored in the model's JSON.
+
+    ``depth``, ``base_filters`` and ``batch_norm`` have no defaults here: they are training settings,
+    defaulted once, in ``config/schema.yaml`` (:class:`~n2vpipe.train.TrainConfig` holds them equal)."""
 
     ndim: int
-    depth: int = 2
-    base_filters: int = 32
-    batch_norm: bool = True
+    depth: int
+    base_filters: int
+    batch_norm: bool
     pooling: tuple[tuple[int, ...], ...] = field(default=())
     in_channels: int = 1
     out_channels: int = 1
