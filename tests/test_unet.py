@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -9,9 +11,9 @@ import torch.nn.functional as F
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import FlopCounterMode
 
-from n2vpipe.io import ImageMeta
-from n2vpipe.model_io import Normalisation
-from n2vpipe.predict import halo_on_grid, plan_blocks, predict_block, read_with_halo, run_network
+from n2vpipe.io import ImageMeta, blosc_compressor, create_ome_zarr, open_ome_zarr
+from n2vpipe.model_io import ModelDescription, Normalisation, save_model
+from n2vpipe.predict import halo_on_grid, plan_blocks, predict_volume, read_with_halo, run_network
 from n2vpipe.unet import (
     SLAB_VOXELS,
     MaxBlurPool,
@@ -107,24 +109,28 @@ def test_anisotropic_pooling_keeps_z_until_voxels_are_comparable() -> None:
 
 @pytest.mark.parametrize("block_shape", [(8, 16, 16), (16, 32, 16), (24, 48, 56)])
 @pytest.mark.parametrize("n2v2", [False, True])
-def test_tiled_prediction_equals_whole_volume_prediction(block_shape: tuple[int, ...], n2v2: bool) -> None:
+def test_tiled_prediction_equals_whole_volume_prediction(block_shape: tuple[int, ...], n2v2: bool,
+                                                         tmp_path: Path) -> None:
+    """What production runs (predict_volume: the block jobs behind predict_part, reading a real OME-Zarr and
+    a saved model, BatchNorm folded, writing chunks) gives ``model(whole volume)``."""
     spec = UNetSpec(ndim=3, depth=2, base_filters=4, pooling=((1, 2, 2), (2, 2, 2)), n2v2=n2v2, batch_norm=True)
     model = _trained_like(spec, seed=1)
     shape = (21, 50, 57)
     volume = np.random.default_rng(2).normal(100, 10, size=shape).astype(np.float32)
     meta = ImageMeta("zyx", shape, "float32", (1.0, 1.0, 1.0))
     norm = Normalisation((100.0,), (10.0,))
-    grid, halo, cpu = total_downsampling(spec), halo_on_grid(spec), torch.device("cpu")
-    whole = norm.invert(run_network(model, norm.apply(volume, 0), grid, cpu), 0)
-    tiled = np.full(shape, np.nan, dtype=np.float32)
-    blocks = plan_blocks(meta, block_shape, block_shape, grid)
-    assert len(blocks) > 1
-    for block in blocks:
-        region = tuple(slice(a, b) for a, b in zip(block.start, block.stop, strict=True))
-        tiled[region] = predict_block(volume, meta, model, norm, block, halo, grid, cpu)
-    assert not np.isnan(tiled).any()
+    raw = create_ome_zarr(tmp_path / "raw.ome.zarr", meta, (8, 16, 16), blosc_compressor("zstd", 1), "raw")
+    raw[:] = volume
+    save_model(model, ModelDescription(spec=spec, normalisation=norm, spatial_axes="zyx"), tmp_path / "model")
+    grid = total_downsampling(spec)
+    whole = norm.invert(run_network(model, norm.apply(volume, 0), grid, torch.device("cpu")), 0)
+    assert len(plan_blocks(meta, block_shape, block_shape, grid)) > 1
+    stats = predict_volume(tmp_path / "raw.ome.zarr", tmp_path / "model", tmp_path / "denoised.ome.zarr",
+                           dict(zip("zyx", block_shape, strict=True)), threads=2, device="cpu", precision="float32")
+    assert stats.voxels == volume.size
+    tiled, _ = open_ome_zarr(tmp_path / "denoised.ome.zarr")
     # rtol: float32 rounding of the added-back mean (N2V2's blur makes an untrained model's output very flat)
-    np.testing.assert_allclose(tiled, whole, rtol=1e-6, atol=1e-4 * (whole.max() - whole.min()))
+    np.testing.assert_allclose(tiled[:], whole, rtol=1e-6, atol=1e-4 * (whole.max() - whole.min()))
 
 
 def test_blocks_read_a_grid_aligned_halo_inside_the_volume_and_none_beyond_its_border() -> None:

@@ -165,14 +165,6 @@ def denoise_with_halo(data: np.ndarray, margins: Window, model: UNet, normalisat
     return normalisation.invert(out, block.c)
 
 
-def predict_block(array: zarr.Array, meta: ImageMeta, model: UNet, normalisation: Normalisation, block: Block,
-                  halo: tuple[int, ...], grid: tuple[int, ...], device: torch.device,
-                  network_thread: Executor | None = None) -> np.ndarray:
-    """Read ``block`` with its halo from ``array`` and denoise it (see :func:`denoise_with_halo`)."""
-    data, margins = read_with_halo(array, meta, block, halo)
-    return denoise_with_halo(data, margins, model, normalisation, block, grid, device, network_thread)
-
-
 def fuse_batch_norm(module: torch.nn.Module) -> torch.nn.Module:
     """Fold every eval-mode BatchNorm into the convolution before it (same output, one pass less)."""
     for child in module.children():
