@@ -18,14 +18,20 @@ from ome_zarr.writer import write_image
 from n2vpipe.ingest import StorageAlignedReader, chunk_shape, ingest_tiff
 from n2vpipe.io import (
     ContiguousTiffArray,
+    ImageMeta,
     InputError,
+    blosc_compressor,
     canonical_axes,
+    create_ome_zarr,
     export_tiff,
     is_ome_zarr,
     open_ome_zarr,
     open_tiff_lazy,
     partial_path,
+    pyramid_factors,
+    write_pyramid,
 )
+from n2vpipe.unet import anisotropic_pooling
 
 CHUNKS = {"z": 8, "y": 32, "x": 32}
 
@@ -228,3 +234,21 @@ def test_ngff_05_images_from_another_writer_open_in_place(tmp_path: Path) -> Non
     (tmp_path / "odd.ome.zarr").mkdir()
     with pytest.raises(InputError, match="odd.ome.zarr: not an OME-Zarr image"):
         open_ome_zarr(tmp_path / "odd.ome.zarr")
+
+
+def test_integer_pyramid_levels_round_to_the_nearest_value(tmp_path: Path) -> None:
+    """2x2 means of 1, 2, 2, 2 (1.75) and 1, 1, 1, 2 (1.25) are stored as 2 and 1, not truncated to 1 and 1."""
+    meta = ImageMeta("yx", (64, 64), "uint16", (0.1, 0.1))
+    level0 = np.tile(np.array([[1, 2, 1, 1], [2, 2, 1, 2]], dtype=np.uint16), (32, 16))
+    create_ome_zarr(tmp_path / "img.ome.zarr", meta, (32, 32), blosc_compressor("zstd", 1), "img")[:] = level0
+    assert write_pyramid(tmp_path / "img.ome.zarr", 2, blosc_compressor("zstd", 1)) == 2
+    level1, _ = open_ome_zarr(tmp_path / "img.ome.zarr", level=1)
+    assert level1.dtype == np.uint16
+    np.testing.assert_array_equal(level1[:2, :2], [[2, 1], [2, 1]])
+
+
+@pytest.mark.parametrize(("z_scale", "halves_z"), [(0.1, True), (0.14, True), (0.16, False), (0.4, False)])
+def test_the_network_and_the_pyramid_share_one_anisotropy_rule(z_scale: float, halves_z: bool) -> None:
+    meta = ImageMeta("zyx", (16, 64, 64), "uint16", (z_scale, 0.1, 0.1))
+    assert (pyramid_factors(meta)[0] == 2) is halves_z
+    assert (anisotropic_pooling(1, (z_scale, 0.1, 0.1))[0][0] == 2) is halves_z

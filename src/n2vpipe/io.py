@@ -26,6 +26,7 @@ import tifffile
 import zarr
 
 from n2vpipe.errors import InputError, reporting_disk_full
+from n2vpipe.geometry import z_is_coarse
 from n2vpipe.tiff_checks import check_plane_files, open_checked_tiff
 
 log = logging.getLogger(__name__)
@@ -514,8 +515,8 @@ def export_tiff(array: zarr.Array, meta: ImageMeta, dst: Path) -> None:
 def pyramid_factors(meta: ImageMeta) -> tuple[int, ...]:
     """Per-axis downsampling factors for the next pyramid level.
 
-    Y and X halve; Z halves only while its voxels are not already much coarser
-    than in-plane (so strongly anisotropic stacks keep their Z resolution).
+    Y and X halve; Z halves only while its voxels are not coarse
+    (:func:`~n2vpipe.geometry.z_is_coarse`: strongly anisotropic stacks keep their Z resolution).
     """
     scale = dict(zip(meta.axes, meta.scale, strict=True))
     factors = []
@@ -523,7 +524,7 @@ def pyramid_factors(meta: ImageMeta) -> tuple[int, ...]:
         if axis in "yx":
             factors.append(2)
         elif axis == "z":
-            factors.append(2 if scale["z"] < 1.5 * scale["y"] and meta.size("z") >= 2 else 1)
+            factors.append(1 if z_is_coarse(scale["z"], scale["y"]) or meta.size("z") < 2 else 2)
         else:
             factors.append(1)
     return tuple(factors)
@@ -533,8 +534,9 @@ def write_pyramid(path: Path, levels: int, compressor: numcodecs.abc.Codec, min_
     """Add mean-downsampled levels 1..``levels``-1 to the OME-Zarr at ``path``.
 
     Each level is computed from the previous one with dask, chunked like level 0
-    so that dask chunks equal zarr chunks. Stops early once Y or X would fall
-    below ``min_size``. Returns the number of levels present afterwards.
+    so that dask chunks equal zarr chunks; integer (and bool) levels are rounded to
+    the nearest value, not truncated. Stops early once Y or X would fall below
+    ``min_size``. Returns the number of levels present afterwards.
     """
     import dask.array as da
 
@@ -559,6 +561,8 @@ def write_pyramid(path: Path, levels: int, compressor: numcodecs.abc.Codec, min_
             fill_value=0,
             chunk_key_encoding={"name": "v2", "separator": "/"},
         )
+        if np.dtype(base.dtype).kind in "iub":  # integer means round to the nearest value, not down
+            down = da.round(down)
         down.astype(base.dtype).rechunk(target.chunks).store(target, lock=False)
         scales.append([s * f for s, f in zip(scales[-1], factors, strict=True)])
         current = ImageMeta(current.axes, shape, current.dtype, tuple(scales[-1]), current.unit)

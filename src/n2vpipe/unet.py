@@ -39,6 +39,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from n2vpipe.geometry import z_is_coarse
+
 CONVS_PER_LEVEL = 2
 BLUR_TAPS = (1.0, 2.0, 1.0)
 
@@ -79,13 +81,13 @@ class UNetSpec:
 
 
 def anisotropic_pooling(depth: int, spatial_scale: Sequence[float]) -> tuple[tuple[int, ...], ...]:
-    """Per-level pooling that skips Z while Z voxels are >= 1.5x coarser than in-plane."""
+    """Per-level pooling that skips Z while Z voxels are coarse (:func:`~n2vpipe.geometry.z_is_coarse`)."""
     if len(spatial_scale) == 2:
         return tuple((2, 2) for _ in range(depth))
     z_scale, y_scale = spatial_scale[0], spatial_scale[1]
     levels = []
     for _ in range(depth):
-        pool_z = 2 if z_scale < 1.5 * y_scale else 1
+        pool_z = 1 if z_is_coarse(z_scale, y_scale) else 2
         levels.append((pool_z, 2, 2))
         y_scale *= 2
         z_scale *= pool_z
