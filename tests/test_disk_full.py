@@ -17,11 +17,12 @@ from n2vpipe.ingest import ingest_tiff
 from n2vpipe.io import export_tiff, open_ome_zarr, partial_path
 from n2vpipe.jobs import job_logging
 from n2vpipe.model_io import WEIGHTS_FILE
-from n2vpipe.predict import DONE_DIR, predict_part, predict_volume
+from n2vpipe.predict import DONE_DIR, PredictConfig, predict_part, predict_volume
 from n2vpipe.train import CHECKPOINT_FILE, LOG_FILE, TrainConfig, train_n2v
 from synthetic import poisson_gaussian, smooth_blobs
 
 BLOCK = {"z": 8, "y": 16, "x": 16}
+CONFIG = PredictConfig(block=BLOCK, pyramid_levels=1)
 # 2D, 4 filters: the weights take 37 kB, a checkpoint about four times that; a log row a few dozen bytes.
 TRAIN_2D = dict(patch={"y": 32, "x": 32}, batch_size=2, base_filters=4, validate_every=2, validation_patches=2,
                 pool_tiles=2, device="cpu")
@@ -107,7 +108,7 @@ def test_full_disk_during_prediction_names_the_output_and_the_rerun_finishes(
     dst = small_disk / "denoised.ome.zarr"
     filler = fill(small_disk, 48 * 1024)
     with pytest.raises(DiskFullError), job_logging(tmp_path / "predict.log"):
-        predict_volume(raw, model, dst, BLOCK, threads=2)
+        predict_volume(raw, model, dst, CONFIG, threads=2)
     partial = partial_path(dst)
     assert f"{partial}: no space left on device" in first_error_line(tmp_path / "predict.log")
     assert not temporary_files(small_disk)
@@ -116,7 +117,7 @@ def test_full_disk_during_prediction_names_the_output_and_the_rerun_finishes(
     assert 0 < finished < 32
 
     filler.unlink()
-    assert predict_volume(raw, model, dst, BLOCK, threads=2).blocks == 32 - finished
+    assert predict_volume(raw, model, dst, CONFIG, threads=2).blocks == 32 - finished
     assert dst.exists() and not partial.exists()
 
 
@@ -126,16 +127,16 @@ def test_no_room_for_a_done_marker_names_it_and_the_block_is_redone(trained_3d: 
     the markers' folder of the partial output part 0 started): the first marker fails, named."""
     raw, model = trained_3d
     dst = tmp_path / "denoised.ome.zarr"
-    predict_part(raw, model, dst, BLOCK, part=0, parts=4)
+    predict_part(raw, model, dst, CONFIG, part=0, parts=4)
     done_dir = partial_path(dst) / DONE_DIR
     with tmpfs(done_dir, "size=64k,nr_inodes=1"):
         with pytest.raises(DiskFullError), job_logging(tmp_path / "predict.log"):
-            predict_part(raw, model, dst, BLOCK, part=1, parts=4, threads=1)
+            predict_part(raw, model, dst, CONFIG, part=1, parts=4, threads=1)
         assert not os.listdir(done_dir)
     line = first_error_line(tmp_path / "predict.log")
     assert f"{done_dir}/t0_c0_" in line and ": no space left on device" in line
     assert not temporary_files(tmp_path) and len(os.listdir(done_dir)) == 8 and not dst.exists()
-    assert predict_part(raw, model, dst, BLOCK, part=1, parts=4).blocks == 8, "unmarked blocks are done again"
+    assert predict_part(raw, model, dst, CONFIG, part=1, parts=4).blocks == 8, "unmarked blocks are done again"
 
 
 def test_full_disk_during_ingest_names_the_output_and_leaves_nothing(small_disk: Path, tmp_path: Path) -> None:

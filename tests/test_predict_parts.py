@@ -3,6 +3,7 @@ output."""
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import shutil
 import subprocess
@@ -23,6 +24,7 @@ from n2vpipe.model_io import WEIGHTS_FILE
 from n2vpipe.predict import (
     NonFiniteOutput,
     OutputEncoding,
+    PredictConfig,
     cpu_network_thread,
     finalize_prediction,
     fuse_batch_norm,
@@ -36,9 +38,10 @@ from n2vpipe.unet import UNet, UNetSpec
 from synthetic import poisson_gaussian, smooth_blobs
 
 BLOCK = {"z": 8, "y": 16, "x": 16}
-PART = "from n2vpipe.predict import predict_part; import sys; " \
-       "predict_part(sys.argv[1], sys.argv[2], sys.argv[3], {'z': 8, 'y': 16, 'x': 16}, part=int(sys.argv[4]), " \
-       "parts=int(sys.argv[5]))"
+CONFIG = PredictConfig(block=BLOCK, pyramid_levels=1)
+PART = "from n2vpipe.predict import PredictConfig, predict_part; import sys; " \
+       "predict_part(sys.argv[1], sys.argv[2], sys.argv[3], PredictConfig(block={'z': 8, 'y': 16, 'x': 16}, " \
+       "pyramid_levels=1), part=int(sys.argv[4]), parts=int(sys.argv[5]))"
 
 
 @pytest.fixture(scope="module")
@@ -65,14 +68,14 @@ def test_parts_are_disjoint_and_cover_all_blocks() -> None:
 def test_concurrent_parts_give_the_single_job_result(trained: tuple[Path, Path], tmp_path: Path) -> None:
     raw, model = trained
     reference = tmp_path / "reference.ome.zarr"
-    predict_volume(raw, model, reference, BLOCK)
+    predict_volume(raw, model, reference, CONFIG)
     split = tmp_path / "denoised.ome.zarr"
     processes = [subprocess.Popen([sys.executable, "-c", PART, str(raw), str(model), str(split), str(i), "3"],
                                   stderr=subprocess.PIPE, text=True) for i in range(3)]
     errors = [p.communicate()[1] for p in processes]
     assert all(p.returncode == 0 for p in processes), errors
     assert not split.exists(), "parts alone must not publish the output"
-    finalize_prediction(split)
+    finalize_prediction(split, CONFIG)
     assert np.array_equal(open_ome_zarr(split)[0][:], open_ome_zarr(reference)[0][:])
     assert not partial_path(split).exists()
 
@@ -81,7 +84,7 @@ def test_distributed_workers_give_the_threaded_result(trained: tuple[Path, Path]
     """With a scheduler address, blocks run in separate worker processes, which load the model themselves."""
     raw, model = trained
     reference = tmp_path / "reference.ome.zarr"
-    predict_volume(raw, model, reference, BLOCK)
+    predict_volume(raw, model, reference, CONFIG)
     dst = tmp_path / "denoised.ome.zarr"
 
     def network_thread_of_two_worker_threads() -> tuple[bool, int]:
@@ -91,7 +94,8 @@ def test_distributed_workers_give_the_threaded_result(trained: tuple[Path, Path]
         return before >= 1 and cpu_network_thread.cache_info().currsize == before, torch_threads
 
     with LocalCluster(n_workers=2, threads_per_worker=2, processes=True, dashboard_address=None) as cluster:
-        stats = predict_volume(raw, model, dst, BLOCK, scheduler_address=cluster.scheduler_address)
+        stats = predict_volume(raw, model, dst,
+                               dataclasses.replace(CONFIG, scheduler_address=cluster.scheduler_address))
         with cluster.get_client() as client:
             models_loaded = client.run(lambda: inference_model.cache_info().currsize)
             network_threads = client.run(network_thread_of_two_worker_threads)
@@ -111,16 +115,16 @@ def test_finalize_refuses_while_a_part_is_missing(trained: tuple[Path, Path], tm
     subprocess.run([sys.executable, "-c", PART, str(raw), str(model), str(dst), "0", "2"], check=True,
                    capture_output=True)
     with pytest.raises(RuntimeError, match=r"12 of 24 blocks are done"):
-        finalize_prediction(dst)
+        finalize_prediction(dst, CONFIG)
     assert not dst.exists()
 
 
 def test_uint16_output_decodes_to_the_float_result(trained: tuple[Path, Path], tmp_path: Path) -> None:
     raw, model = trained
     floats = tmp_path / "float.ome.zarr"
-    predict_volume(raw, model, floats, BLOCK)
+    predict_volume(raw, model, floats, CONFIG)
     integers = tmp_path / "uint16.ome.zarr"
-    predict_volume(raw, model, integers, BLOCK, output_dtype="uint16", output_range=[0, 1000])
+    predict_volume(raw, model, integers, dataclasses.replace(CONFIG, output_dtype="uint16", output_range=[0, 1000]))
     stored, meta = open_ome_zarr(integers)
     mapping = zarr.open_group(str(integers), mode="r").attrs["n2vpipe"]["intensity"]
     assert stored.dtype == np.uint16 and meta.dtype == "uint16"
@@ -165,14 +169,16 @@ def test_2d_images_take_the_planar_block(tmp_path: Path) -> None:
     train_n2v(tmp_path / "raw.ome.zarr", tmp_path / "model", TrainConfig(
         patch={"z": 1, "y": 32, "x": 32}, batch_size=2, steps=2, base_filters=4, depth=1, validation_fraction=0))
     stats = predict_volume(tmp_path / "raw.ome.zarr", tmp_path / "model", tmp_path / "den.ome.zarr",
-                           {"z": 4, "y": 16, "x": 16}, planar_block={"y": 32, "x": 64})
+                           PredictConfig(block={"z": 4, "y": 16, "x": 16}, block_2d={"y": 32, "x": 64},
+                                         pyramid_levels=1))
     denoised, meta = open_ome_zarr(tmp_path / "den.ome.zarr")
     assert (stats.blocks, denoised.chunks, meta.shape) == (8, (32, 64), (100, 120))
 
 
 def test_3d_volumes_ignore_the_planar_block(trained: tuple[Path, Path], tmp_path: Path) -> None:
     raw, model = trained
-    stats = predict_volume(raw, model, tmp_path / "den.ome.zarr", BLOCK, planar_block={"y": 32, "x": 32})
+    stats = predict_volume(raw, model, tmp_path / "den.ome.zarr",
+                           dataclasses.replace(CONFIG, block_2d={"y": 32, "x": 32}))
     assert open_ome_zarr(tmp_path / "den.ome.zarr")[0].chunks == tuple(BLOCK.values())
     assert stats.blocks == 2 * 3 * 4
 
@@ -184,7 +190,7 @@ def test_undecodable_input_chunk_fails_inference_naming_it(trained: tuple[Path, 
     shutil.copytree(trained[0], raw)
     (raw / "0" / "1" / "1" / "2").write_bytes(b"not a compressed chunk" * 8)
     with pytest.raises(InputError, match=rf"^{re.escape(str(raw))}: array '0': chunk 1/1/2 cannot be decoded"):
-        predict_volume(raw, trained[1], tmp_path / "denoised.ome.zarr", BLOCK)
+        predict_volume(raw, trained[1], tmp_path / "denoised.ome.zarr", CONFIG)
     assert not (tmp_path / "denoised.ome.zarr").exists()
 
 
@@ -194,7 +200,7 @@ def test_truncated_weights_fail_inference_naming_the_file(trained: tuple[Path, P
     (model / WEIGHTS_FILE).write_bytes((trained[1] / WEIGHTS_FILE).read_bytes()[:-100])
     with pytest.raises(InputError, match=rf"^{re.escape(str(model / WEIGHTS_FILE))}: the weights cannot be loaded "
                                          rf".*; the model is damaged: delete {re.escape(str(model))} and rerun"):
-        predict_volume(trained[0], model, tmp_path / "denoised.ome.zarr", BLOCK)
+        predict_volume(trained[0], model, tmp_path / "denoised.ome.zarr", CONFIG)
     assert not (tmp_path / "denoised.ome.zarr").exists()
 
 
@@ -202,7 +208,7 @@ def test_qc_figure_is_written_and_names_an_undecodable_chunk(trained: tuple[Path
     """The figure shows the central plane (z 8 of 16: chunk row 1 along Z); its picture is complete or absent."""
     raw, model = trained
     denoised = tmp_path / "denoised.ome.zarr"
-    predict_volume(raw, model, denoised, BLOCK)
+    predict_volume(raw, model, denoised, CONFIG)
     comparison_figure(raw, denoised, tmp_path / "qc.png")
     assert (tmp_path / "qc.png").read_bytes().startswith(b"\x89PNG")
     (denoised / "0" / "1" / "1" / "1").write_bytes(b"not a compressed chunk" * 8)
@@ -221,6 +227,6 @@ def test_a_model_that_outputs_nan_writes_nothing_and_says_so(trained: tuple[Path
     dst = tmp_path / "denoised.ome.zarr"
     with pytest.raises(NonFiniteOutput, match=rf"^{re.escape(str(model))}: the model's output for block t0_c0_\S+ "
                                               r"has [\d,]+ NaN or infinite values; nothing of it was written"):
-        predict_volume(trained[0], model, dst, BLOCK)
+        predict_volume(trained[0], model, dst, CONFIG)
     assert not dst.exists()
     assert not list((partial_path(dst) / ".blocks_done").iterdir()), "no block with NaN counts as done"

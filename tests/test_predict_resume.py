@@ -14,13 +14,15 @@ import tifffile
 
 from n2vpipe.ingest import ingest_tiff
 from n2vpipe.io import open_ome_zarr, partial_path
-from n2vpipe.predict import DONE_DIR, predict_volume
+from n2vpipe.predict import DONE_DIR, PredictConfig, predict_volume
 from n2vpipe.train import TrainConfig, train_n2v
 from synthetic import poisson_gaussian, smooth_blobs
 
 BLOCK = {"z": 8, "y": 16, "x": 16}
-PREDICT = "from n2vpipe.predict import predict_volume; import sys; " \
-          "predict_volume(sys.argv[1], sys.argv[2], sys.argv[3], {'z': 8, 'y': 16, 'x': 16}, threads=1)"
+CONFIG = PredictConfig(block=BLOCK, pyramid_levels=1)
+PREDICT = "from n2vpipe.predict import PredictConfig, predict_volume; import sys; " \
+          "predict_volume(sys.argv[1], sys.argv[2], sys.argv[3], " \
+          "PredictConfig(block={'z': 8, 'y': 16, 'x': 16}, pyramid_levels=1), threads=1)"
 
 
 def test_killed_prediction_resumes_and_matches_an_uninterrupted_run(tmp_path: Path) -> None:
@@ -31,7 +33,7 @@ def test_killed_prediction_resumes_and_matches_an_uninterrupted_run(tmp_path: Pa
                                                    base_filters=4, depth=1,
                                                    validation_fraction=0))
     reference = tmp_path / "reference.ome.zarr"
-    predict_volume(raw, tmp_path / "model", reference, BLOCK)
+    predict_volume(raw, tmp_path / "model", reference, CONFIG)
 
     killed = tmp_path / "denoised.ome.zarr"
     done_dir = partial_path(killed) / DONE_DIR
@@ -46,6 +48,6 @@ def test_killed_prediction_resumes_and_matches_an_uninterrupted_run(tmp_path: Pa
     assert 8 <= finished_before_kill < 32, finished_before_kill
     assert not killed.exists(), "a killed run must leave nothing that looks finished"
 
-    computed = predict_volume(raw, tmp_path / "model", killed, BLOCK).blocks
+    computed = predict_volume(raw, tmp_path / "model", killed, CONFIG).blocks
     assert computed == 32 - finished_before_kill
     assert np.array_equal(open_ome_zarr(killed)[0][:], open_ome_zarr(reference)[0][:])

@@ -1,5 +1,5 @@
-"""config/schema.yaml is the one source of the training settings' defaults and limits; the library's
-TrainConfig is held equal to it here, and UNetSpec defaults none of them."""
+"""config/schema.yaml is the one source of the training and inference settings' defaults and limits; the
+library's TrainConfig and PredictConfig are held equal to it here, and UNetSpec defaults none of them."""
 
 from __future__ import annotations
 
@@ -10,11 +10,13 @@ import pytest
 import yaml
 
 from conftest import REPO
+from n2vpipe.predict import PredictConfig
 from n2vpipe.train import TrainConfig
 from n2vpipe.unet import UNetSpec
 
 SCHEMA: dict[str, Any] = yaml.safe_load((REPO / "config" / "schema.yaml").read_text())
 TRAIN_SCHEMA: dict[str, Any] = SCHEMA["properties"]["train"]["properties"]
+PREDICT_SCHEMA: dict[str, Any] = SCHEMA["properties"]["predict"]["properties"]
 
 
 def test_train_config_defaults_are_the_schema_defaults() -> None:
@@ -29,10 +31,16 @@ def test_the_network_settings_have_no_second_default() -> None:
     assert {"depth", "base_filters", "batch_norm"} <= required
 
 
-def _limit_cases() -> list[tuple[str, Any, bool]]:
-    """(key, value, accepted) at and just beyond every bound and choice the schema sets for training."""
+def test_predict_config_defaults_are_the_schema_defaults() -> None:
+    defaults = PredictConfig().to_dict()
+    assert set(defaults) == set(PREDICT_SCHEMA), "PredictConfig and the schema's predict section list the same keys"
+    assert defaults == {key: spec["default"] for key, spec in PREDICT_SCHEMA.items()}
+
+
+def _limit_cases(section: dict[str, Any]) -> list[tuple[str, Any, bool]]:
+    """(key, value, accepted) at and just beyond every bound and choice the schema sets in ``section``."""
     cases = []
-    for key, spec in TRAIN_SCHEMA.items():
+    for key, spec in section.items():
         step = 1 if spec.get("type") == "integer" else 1e-9
         if "minimum" in spec:
             cases += [(key, spec["minimum"], True), (key, spec["minimum"] - step, False)]
@@ -46,7 +54,7 @@ def _limit_cases() -> list[tuple[str, Any, bool]]:
     return cases
 
 
-@pytest.mark.parametrize(("key", "value", "accepted"), _limit_cases())
+@pytest.mark.parametrize(("key", "value", "accepted"), _limit_cases(TRAIN_SCHEMA))
 def test_train_config_enforces_the_schema_limits(key: str, value: Any, accepted: bool) -> None:
     if accepted:
         assert getattr(TrainConfig(**{key: value}), key) == value
@@ -60,3 +68,53 @@ def test_a_negative_step_count_is_refused_naming_it() -> None:
         TrainConfig(steps=-1)
     with pytest.raises(ValueError, match=r"patch\.y must be >= 1, not 0"):
         TrainConfig(patch={"z": 4, "y": 0, "x": 4})
+
+
+@pytest.mark.parametrize(("key", "value", "accepted"), _limit_cases(PREDICT_SCHEMA))
+def test_predict_config_enforces_the_schema_limits(key: str, value: Any, accepted: bool) -> None:
+    if accepted:
+        assert getattr(PredictConfig(**{key: value}), key) == value
+    else:
+        with pytest.raises(ValueError, match=rf"inference settings: {key} must be"):
+            PredictConfig(**{key: value})
+
+
+def _block_cases() -> list[tuple[str, Any, bool]]:
+    """(key, value, accepted) for the block sizes: the axes the schema requires, each at least its minimum."""
+    cases = []
+    for key in ("block", "block_2d"):
+        spec = SCHEMA["$defs"][PREDICT_SCHEMA[key]["$ref"].rpartition("/")[2]]
+        assert set(spec["required"]) == set(spec["properties"]) and spec["additionalProperties"] is False
+        sizes = {axis: 8 for axis in spec["required"]}
+        cases += [(key, sizes, True), (key, {**sizes, "t": 8}, False), (key, dict(list(sizes.items())[1:]), False)]
+        for axis, axis_spec in spec["properties"].items():
+            cases += [(key, {**sizes, axis: axis_spec["minimum"]}, True),
+                      (key, {**sizes, axis: axis_spec["minimum"] - 1}, False)]
+    return cases
+
+
+@pytest.mark.parametrize(("key", "value", "accepted"), _block_cases())
+def test_predict_config_holds_the_block_axes_and_sizes_to_the_schema(key: str, value: Any, accepted: bool) -> None:
+    if accepted:
+        assert PredictConfig(**{key: value}).to_dict()[key] == value
+    else:
+        with pytest.raises(ValueError, match=rf"inference settings: {key}\S* must"):
+            PredictConfig(**{key: value})
+
+
+@pytest.mark.parametrize(("value", "accepted"), [("auto", True), ([0, 1000], True), ([0.5, 2.5], True),
+                                                  ("percentiles", False), ([0], False), ([0, 1, 2], False)])
+def test_predict_config_takes_auto_or_two_numbers_as_output_range(value: Any, accepted: bool) -> None:
+    alternatives = PREDICT_SCHEMA["output_range"]["oneOf"]
+    assert alternatives[0]["enum"] == ["auto"] and (alternatives[1]["minItems"], alternatives[1]["maxItems"]) == (2, 2)
+    if accepted:
+        assert PredictConfig(output_range=value).output_range == value
+    else:
+        with pytest.raises(ValueError, match=r"inference settings: output_range must be auto or \[low, high\]"):
+            PredictConfig(output_range=value)
+
+
+def test_unknown_inference_settings_are_refused_naming_them() -> None:
+    assert PredictConfig.from_mapping({"jobs": 2, "block_2d": {"y": 64, "x": 64}}).jobs == 2
+    with pytest.raises(ValueError, match=r"^unknown inference settings: blocks, treads$"):
+        PredictConfig.from_mapping({"blocks": {}, "treads": 2})

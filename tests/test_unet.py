@@ -13,7 +13,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from n2vpipe.io import ImageMeta, blosc_compressor, create_ome_zarr, open_ome_zarr
 from n2vpipe.model_io import ModelDescription, Normalisation, save_model
-from n2vpipe.predict import halo_on_grid, plan_blocks, predict_volume, read_with_halo, run_network
+from n2vpipe.predict import PredictConfig, halo_on_grid, plan_blocks, predict_volume, read_with_halo, run_network
 from n2vpipe.unet import (
     SLAB_VOXELS,
     MaxBlurPool,
@@ -126,7 +126,8 @@ def test_tiled_prediction_equals_whole_volume_prediction(block_shape: tuple[int,
     whole = norm.invert(run_network(model, norm.apply(volume, 0), grid, torch.device("cpu")), 0)
     assert len(plan_blocks(meta, block_shape, block_shape, grid)) > 1
     stats = predict_volume(tmp_path / "raw.ome.zarr", tmp_path / "model", tmp_path / "denoised.ome.zarr",
-                           dict(zip("zyx", block_shape, strict=True)), threads=2, device="cpu", precision="float32")
+                           PredictConfig(block=dict(zip("zyx", block_shape, strict=True)), device="cpu",
+                                         precision="float32", pyramid_levels=1), threads=2)
     assert stats.voxels == volume.size
     tiled, _ = open_ome_zarr(tmp_path / "denoised.ome.zarr")
     # rtol: float32 rounding of the added-back mean (N2V2's blur makes an untrained model's output very flat)

@@ -25,6 +25,7 @@ output is float32, or rescaled to uint8/uint16 with the mapping in its attribute
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import fcntl
 import functools
 import hashlib
@@ -36,11 +37,12 @@ import sys
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import Executor, ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, Literal, NamedTuple
 
 import dask
+import numcodecs
 import numpy as np
 import torch
 import zarr
@@ -70,6 +72,81 @@ log = logging.getLogger(__name__)
 
 DONE_DIR = ".blocks_done"
 INTEGER_OUTPUTS = {"uint8", "uint16"}
+
+PREDICT_CHOICES: dict[str, tuple[str, ...]] = {
+    "device": ("auto", "cpu", "cuda"),
+    "precision": ("auto", "float32", "bfloat16", "float16"),
+    "compressor": ("zstd", "lz4", "lz4hc", "zlib", "blosclz"),
+    "output_dtype": ("float32", "uint16", "uint8"),
+}
+"""The values each choice setting takes, as ``config/schema.yaml`` lists them."""
+PREDICT_LIMITS: dict[str, tuple[int, int | None]] = {
+    "compression_level": (0, 9),
+    "pyramid_levels": (1, 10),
+    "jobs": (1, None),
+}
+"""(lowest, highest or ``None``) value of each integer setting, as ``config/schema.yaml`` sets them."""
+BLOCK_AXES = {"block": ("z", "y", "x"), "block_2d": ("y", "x")}
+"""The axes each block setting names, as ``config/schema.yaml`` requires them."""
+
+
+@dataclass(frozen=True)
+class PredictConfig:
+    """Inference settings; built from the ``predict`` section of the workflow config.
+
+    ``block`` tiles images with Z, ``block_2d`` (Y and X) images without. An empty
+    ``scheduler_address`` runs the blocks on threads in this process; ``jobs`` is the
+    number of parts the workflow splits an acquisition into (:func:`predict_part`).
+    """
+
+    block: Mapping[str, int] = field(default_factory=lambda: {"z": 64, "y": 192, "x": 192})
+    block_2d: Mapping[str, int] = field(default_factory=lambda: {"y": 384, "x": 384})
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    precision: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    compressor: str = "zstd"
+    compression_level: int = 5
+    pyramid_levels: int = 3
+    scheduler_address: str = ""
+    jobs: int = 1
+    output_dtype: Literal["float32", "uint16", "uint8"] = "float32"
+    output_range: str | Sequence[float] = "auto"
+
+    def __post_init__(self) -> None:
+        """Reject values outside what ``config/schema.yaml`` allows (``tests/test_settings.py`` holds the
+        two equal), so that a library caller meets the same limits as a workflow config."""
+        problems = [f"{name} must be one of {', '.join(choices)}, not {getattr(self, name)!r}"
+                    for name, choices in PREDICT_CHOICES.items() if getattr(self, name) not in choices]
+        for name, (low, high) in PREDICT_LIMITS.items():
+            value = getattr(self, name)
+            if value < low or (high is not None and value > high):
+                problems.append(f"{name} must be >= {low}" + (f" and <= {high}" if high is not None else "")
+                                + f", not {value!r}")
+        for name, axes in BLOCK_AXES.items():
+            sizes = getattr(self, name)
+            if set(sizes) != set(axes):
+                problems.append(f"{name} must name the axes {', '.join(axes)}, not {', '.join(sizes) or 'none'}")
+            problems += [f"{name}.{axis} must be >= 1, not {size!r}" for axis, size in sizes.items() if size < 1]
+        if self.output_range != "auto" and (isinstance(self.output_range, str) or len(self.output_range) != 2):
+            problems.append(f"output_range must be auto or [low, high], not {self.output_range!r}")
+        if problems:
+            raise ValueError(f"inference settings: {'; '.join(problems)}")
+
+    @classmethod
+    def from_mapping(cls, values: Mapping[str, Any]) -> PredictConfig:
+        """Build from a config mapping, rejecting keys this version does not know."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(f"unknown inference settings: {', '.join(unknown)}")
+        return cls(**values)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain-JSON form."""
+        return {k: (dict(v) if isinstance(v, Mapping) else v) for k, v in dataclasses.asdict(self).items()}
+
+    def block_for(self, spatial_axes: str) -> Mapping[str, int]:
+        """The block sizes for an image with ``spatial_axes``: ``block_2d`` without Z, ``block`` with it."""
+        return self.block if "z" in spatial_axes else self.block_2d
 
 
 @dataclass(frozen=True)
@@ -408,7 +485,7 @@ def _exclusive(lock_file: Path) -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-def _open_or_create_output(partial: Path, meta: ImageMeta, chunks: tuple[int, ...], compressor: str, level: int,
+def _open_or_create_output(partial: Path, meta: ImageMeta, chunks: tuple[int, ...], compressor: numcodecs.Blosc,
                            fingerprint: str, name: str, blocks_total: int,
                            make_encoding: Callable[[], OutputEncoding]) -> OutputEncoding:
     """Reuse a partial output started with the same model, tiling and output type; otherwise start afresh.
@@ -431,7 +508,7 @@ def _open_or_create_output(partial: Path, meta: ImageMeta, chunks: tuple[int, ..
     attrs = {"fingerprint": fingerprint, "blocks_total": blocks_total, "intensity": encoding.attrs(),
              "encoding": {"dtype": encoding.dtype, "low": list(encoding.low), "high": list(encoding.high)}}
     with reporting_disk_full(partial):
-        create_ome_zarr(partial, out_meta, full_chunks, blosc_compressor(compressor, level), name,
+        create_ome_zarr(partial, out_meta, full_chunks, compressor, name,
                         extra_attrs=attrs)
         (partial / DONE_DIR).mkdir()
     return encoding
@@ -463,24 +540,19 @@ def part_of(blocks: Sequence[Block], part: int, parts: int) -> list[Block]:
     return list(blocks[part * len(blocks) // parts:(part + 1) * len(blocks) // parts])
 
 
-def predict_part(raw_zarr: Path, model_dir: Path, dst: Path, block_shape: Mapping[str, int], part: int = 0,
-                 parts: int = 1, threads: int = 1, device: str = "auto", compressor: str = "zstd",
-                 compression_level: int = 5, output_dtype: str = "float32",
-                 output_range: str | Sequence[float] = "auto",
-                 scheduler_address: str | None = None, precision: str = "auto",
-                 planar_block: Mapping[str, int] | None = None) -> PredictionStats:
-    """Denoise part ``part`` of ``parts`` of ``raw_zarr`` into the partial output of ``dst``.
+def predict_part(raw_zarr: Path, model_dir: Path, dst: Path, config: PredictConfig, part: int = 0, parts: int = 1,
+                 threads: int = 1) -> PredictionStats:
+    """Denoise part ``part`` of ``parts`` of ``raw_zarr`` into the partial output of ``dst``, as ``config`` says.
 
     Parts write disjoint blocks (whole output chunks) of one shared partial
     OME-Zarr, so they can run as separate jobs on separate nodes; blocks already
     marked done (a killed earlier run) are skipped. :func:`finalize_prediction`
-    turns the partial output into ``dst`` once every part is done. ``precision``:
-    ``float32``, ``bfloat16``, ``float16`` or ``auto`` (:func:`~n2vpipe.train.autocast_dtype`).
-    Blocks are ``block_shape``, or ``planar_block`` (Y and X) when given for an image without Z.
+    turns the partial output into ``dst`` once every part is done. ``config.precision``:
+    ``float32``, ``bfloat16``, ``float16`` or ``auto`` (:func:`~n2vpipe.device.autocast_dtype`).
     """
     started = time.monotonic()
     configure_zarr(threads)
-    torch_device = select_device(device)
+    torch_device = select_device(config.device)
     weights_digest = _weights_digest(model_dir)
     _, description = inference_model(Path(model_dir), weights_digest, torch_device)
     array, meta = open_ome_zarr(raw_zarr)
@@ -488,24 +560,28 @@ def predict_part(raw_zarr: Path, model_dir: Path, dst: Path, block_shape: Mappin
         raise ValueError(f"{raw_zarr}: axes {meta.spatial_axes} do not match the model's {description.spatial_axes}")
     grid = total_downsampling(description.spec)
     halo = halo_on_grid(description.spec)
-    sizes = planar_block if planar_block is not None and "z" not in meta.spatial_axes else block_shape
+    sizes = config.block_for(meta.spatial_axes)
     block = tuple(min(int(sizes[a]), s) for a, s in zip(meta.spatial_axes, meta.spatial_shape, strict=True))
     blocks = plan_blocks(meta, block, block, grid)
     torch.set_num_threads(max(1, threads))
     partial = partial_path(dst)
-    fingerprint = _fingerprint(weights_digest, block, (output_dtype, output_range, precision))
+    fingerprint = _fingerprint(weights_digest, block, (config.output_dtype, config.output_range, config.precision))
     with _exclusive(partial.with_name(partial.name + ".lock")):
         encoding = _open_or_create_output(
-            partial, meta, block, compressor, compression_level, fingerprint, Path(dst).parent.name, len(blocks),
-            lambda: OutputEncoding.choose(output_dtype, output_range, array, meta))
+            partial, meta, block, blosc_compressor(config.compressor, config.compression_level), fingerprint,
+            Path(dst).parent.name, len(blocks),
+            lambda: OutputEncoding.choose(config.output_dtype, config.output_range, array, meta))
     mine = part_of(blocks, part, parts)
     pending = [b for b in mine if not (partial / DONE_DIR / b.name).exists()]
+    scheduler_address = config.scheduler_address or None
     where = f"the dask.distributed scheduler {scheduler_address}" if scheduler_address else str(torch_device)
     log.info("predict %s part %d/%d: %d of %d blocks of %s (halo %s, grid %s), %d already done; output %s; "
              "network in %s on %s", raw_zarr, part + 1, parts, len(mine), len(blocks), block, halo, grid,
-             len(mine) - len(pending), encoding.dtype, arithmetic_name(autocast_dtype(precision, torch_device)), where)
-    job = BlockJob(Path(raw_zarr), Path(model_dir), weights_digest, partial, halo, device, precision, encoding,
-                   None if scheduler_address else max(1, threads))
+             len(mine) - len(pending), encoding.dtype,
+             arithmetic_name(autocast_dtype(config.precision, torch_device)), where)
+    job = BlockJob(raw_zarr=Path(raw_zarr), model_dir=Path(model_dir), weights_digest=weights_digest,
+                   partial=partial, halo=halo, device=config.device, precision=config.precision, encoding=encoding,
+                   torch_threads=None if scheduler_address else max(1, threads))
     stats = PredictionStats()
     progress = BlockProgress(len(pending), sum(b.voxels for b in pending))
 
@@ -522,9 +598,9 @@ def predict_part(raw_zarr: Path, model_dir: Path, dst: Path, block_shape: Mappin
     return stats
 
 
-def finalize_prediction(dst: Path, pyramid_levels: int = 1, compressor: str = "zstd",
-                        compression_level: int = 5) -> int:
-    """Check every block of the partial output is done, add the pyramid and move it to ``dst``.
+def finalize_prediction(dst: Path, config: PredictConfig) -> int:
+    """Check every block of the partial output is done, add ``config.pyramid_levels`` pyramid levels
+    (compressed as ``config`` says) and move it to ``dst``.
 
     Returns the number of pyramid levels. Raises ``RuntimeError`` naming what is missing.
     """
@@ -537,7 +613,8 @@ def finalize_prediction(dst: Path, pyramid_levels: int = 1, compressor: str = "z
     if finished != expected:
         raise RuntimeError(f"{partial}: {finished} of {expected} blocks are done; rerun the inference parts")
     with reporting_disk_full(partial):
-        levels = write_pyramid(partial, pyramid_levels, blosc_compressor(compressor, compression_level))
+        levels = write_pyramid(partial, config.pyramid_levels,
+                               blosc_compressor(config.compressor, config.compression_level))
     remove_path(done_dir)
     publish(partial, Path(dst))
     remove_path(partial.with_name(partial.name + ".lock"))
@@ -545,19 +622,13 @@ def finalize_prediction(dst: Path, pyramid_levels: int = 1, compressor: str = "z
     return levels
 
 
-def predict_volume(raw_zarr: Path, model_dir: Path, dst: Path, block_shape: Mapping[str, int], threads: int = 1,
-                   device: str = "auto", compressor: str = "zstd", compression_level: int = 5,
-                   pyramid_levels: int = 1, output_dtype: str = "float32",
-                   output_range: str | Sequence[float] = "auto",
-                   scheduler_address: str | None = None, precision: str = "auto",
-                   planar_block: Mapping[str, int] | None = None) -> PredictionStats:
+def predict_volume(raw_zarr: Path, model_dir: Path, dst: Path, config: PredictConfig,
+                   threads: int = 1) -> PredictionStats:
     """Denoise ``raw_zarr`` with the model in ``model_dir`` into a new OME-Zarr at ``dst``, in one job.
 
     ``dst`` appears only once every block is written; a killed run resumes with
     the blocks it had not finished.
     """
-    stats = predict_part(raw_zarr, model_dir, dst, block_shape, 0, 1, threads, device, compressor,
-                         compression_level, output_dtype, output_range, scheduler_address, precision,
-                         planar_block)
-    finalize_prediction(dst, pyramid_levels, compressor, compression_level)
+    stats = predict_part(raw_zarr, model_dir, dst, config, threads=threads)
+    finalize_prediction(dst, config)
     return stats
