@@ -23,7 +23,7 @@ import tifffile
 
 from common import cpu_model, load_average, save_results
 from n2vpipe.ingest import ingest_tiff
-from n2vpipe.predict import halo_on_grid, predict_volume
+from n2vpipe.predict import PredictConfig, halo_on_grid, predict_volume
 from n2vpipe.train import TrainConfig, train_n2v
 
 
@@ -65,9 +65,10 @@ def main() -> None:
         for _ in range(args.rounds):
             for side in args.sides:
                 started = time.perf_counter()
+                config = PredictConfig(block_2d={"y": side, "x": side}, device="cpu", precision=args.precision,
+                                       pyramid_levels=1)
                 stats = predict_volume(folder / "raw.ome.zarr", folder / "model", folder / f"den-{side}.ome.zarr",
-                                       {"z": 1, "y": side, "x": side}, threads=args.threads, device="cpu",
-                                       precision=args.precision)
+                                       config, threads=args.threads)
                 times[side].append(time.perf_counter() - started)
                 blocks[side] = stats.blocks
                 (folder / f"den-{side}.ome.zarr").rename(folder / f"done-{side}-{len(times[side])}.ome.zarr")

@@ -38,9 +38,9 @@ from n2vpipe.train import TrainConfig, train_n2v
 BLOCK = schema_default("predict", "block")
 PREDICT = f"""
 import sys
-from n2vpipe.predict import predict_volume
-stats = predict_volume(sys.argv[1], sys.argv[2], sys.argv[3], {BLOCK!r}, threads=int(sys.argv[4]),
-                       precision=sys.argv[5])
+from n2vpipe.predict import PredictConfig, predict_volume
+config = PredictConfig(block={BLOCK!r}, precision=sys.argv[5], pyramid_levels=1)
+stats = predict_volume(sys.argv[1], sys.argv[2], sys.argv[3], config, threads=int(sys.argv[4]))
 print(stats.summary())
 """ + PRINT_PEAK_RSS_KIB
 

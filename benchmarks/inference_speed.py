@@ -58,7 +58,7 @@ from n2vpipe.unet import (
 )
 
 DEFAULT_CAREAMICS_PYTHON = "/tmp/careamics-venv/bin/python"
-SPEC = UNetSpec(ndim=3, depth=2, base_filters=32)
+SPEC = UNetSpec(ndim=3, depth=2, base_filters=32, batch_norm=True)
 TARGET_RATIO = 3.0
 
 COUNT_INPUT_VOXELS = """
@@ -74,7 +74,7 @@ torch.nn.modules.module.register_module_forward_pre_hook(_count)
 
 N2VPIPE = COUNT_INPUT_VOXELS + """
 import json, sys, time
-from n2vpipe.predict import predict_volume
+from n2vpipe.predict import PredictConfig, predict_volume
 from n2vpipe.device import arithmetic_name, autocast_dtype
 from n2vpipe.unet import UNet
 _forward_cropped = UNet.forward_cropped
@@ -85,8 +85,8 @@ UNet.forward_cropped = _count_block
 args = json.loads(sys.argv[1])
 block = dict(zip("zyx", args["block"]))
 start = time.perf_counter()
-stats = predict_volume(args["raw"], args["model"], args["dst"], block, threads=args["threads"], device="cpu",
-                       precision=args["precision"])
+config = PredictConfig(block=block, device="cpu", precision=args["precision"], pyramid_levels=1)
+stats = predict_volume(args["raw"], args["model"], args["dst"], config, threads=args["threads"])
 wall = time.perf_counter() - start
 print(json.dumps({"wall_s": wall, "blocks": stats.blocks, "voxels": stats.voxels, "read_s": stats.read_s,
                   "arithmetic": arithmetic_name(autocast_dtype(args["precision"], torch.device("cpu"))),

@@ -32,7 +32,7 @@ import torch
 from common import cpu_model, load_average, parse_setting, parse_shape, save_results, schema_default, shape_text
 from n2vpipe.device import cpu_has_amx_bf16
 from n2vpipe.io import ImageMeta, blosc_compressor, create_ome_zarr, open_ome_zarr
-from n2vpipe.predict import predict_volume
+from n2vpipe.predict import PredictConfig, predict_volume
 from n2vpipe.train import TrainConfig, train_n2v
 from quality_poisson_gaussian import DEFAULT_PHOTONS, N2VPIPE_DEFAULTS, make_volume, psnr
 
@@ -69,8 +69,9 @@ def denoise(folder: Path, model: Path, precision: str, args: argparse.Namespace)
     """Predict the volume with ``model`` in ``precision``; return it and the seconds it took."""
     start = time.perf_counter()
     output = folder / f"{model.name}-{precision}.ome.zarr"
-    predict_volume(folder / "noisy.ome.zarr", model, output, schema_default("predict", "block"),
-                   threads=args.threads, device=args.device, precision=precision)
+    config = PredictConfig(block=schema_default("predict", "block"), device=args.device, precision=precision,
+                           pyramid_levels=1)
+    predict_volume(folder / "noisy.ome.zarr", model, output, config, threads=args.threads)
     seconds = time.perf_counter() - start
     return np.asarray(open_ome_zarr(output)[0][...], dtype=np.float32), seconds
 

@@ -106,7 +106,7 @@ import json, sys, time
 from pathlib import Path
 import numpy as np
 from n2vpipe.io import open_ome_zarr
-from n2vpipe.predict import predict_volume
+from n2vpipe.predict import PredictConfig, predict_volume
 from n2vpipe.train import TrainConfig, train_n2v
 
 args = json.loads(sys.argv[1])
@@ -115,8 +115,8 @@ start = time.perf_counter()
 description = train_n2v(folder / "noisy.ome.zarr", folder / "n2vpipe-model", TrainConfig.from_mapping(args["config"]),
                         threads=args["threads"])
 trained = time.perf_counter()
-predict_volume(folder / "noisy.ome.zarr", folder / "n2vpipe-model", folder / "n2vpipe.ome.zarr", args["block"],
-               threads=args["threads"], device="cpu")
+predict_volume(folder / "noisy.ome.zarr", folder / "n2vpipe-model", folder / "n2vpipe.ome.zarr",
+               PredictConfig(block=args["block"], device="cpu", pyramid_levels=1), threads=args["threads"])
 predicted = time.perf_counter()
 array, _ = open_ome_zarr(folder / "n2vpipe.ome.zarr")
 np.save(folder / "n2vpipe.npy", np.asarray(array[...], dtype=np.float32))
