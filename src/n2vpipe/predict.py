@@ -25,7 +25,6 @@ output is float32, or rescaled to uint8/uint16 with the mapping in its attribute
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import fcntl
 import functools
 import hashlib
@@ -39,7 +38,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, NamedTuple
+from typing import ClassVar, Literal, NamedTuple
 
 import dask
 import numcodecs
@@ -50,6 +49,7 @@ from dask.callbacks import Callback
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 from tqdm import tqdm
 
+from n2vpipe.config_section import Bound, ConfigSection
 from n2vpipe.device import arithmetic_name, autocast_dtype, select_device, to_device
 from n2vpipe.errors import reporting_disk_full
 from n2vpipe.io import (
@@ -80,24 +80,28 @@ PREDICT_CHOICES: dict[str, tuple[str, ...]] = {
     "output_dtype": ("float32", "uint16", "uint8"),
 }
 """The values each choice setting takes, as ``config/schema.yaml`` lists them."""
-PREDICT_LIMITS: dict[str, tuple[int, int | None]] = {
-    "compression_level": (0, 9),
-    "pyramid_levels": (1, 10),
-    "jobs": (1, None),
+PREDICT_LIMITS: dict[str, Bound] = {
+    "compression_level": (0, True, 9),
+    "pyramid_levels": (1, True, 10),
+    "jobs": (1, True, None),
 }
-"""(lowest, highest or ``None``) value of each integer setting, as ``config/schema.yaml`` sets them."""
+"""The bounds of each integer inference setting, as ``config/schema.yaml`` sets them."""
 BLOCK_AXES = {"block": ("z", "y", "x"), "block_2d": ("y", "x")}
 """The axes each block setting names, as ``config/schema.yaml`` requires them."""
 
 
 @dataclass(frozen=True)
-class PredictConfig:
+class PredictConfig(ConfigSection):
     """Inference settings; built from the ``predict`` section of the workflow config.
 
     ``block`` tiles images with Z, ``block_2d`` (Y and X) images without. An empty
     ``scheduler_address`` runs the blocks on threads in this process; ``jobs`` is the
     number of parts the workflow splits an acquisition into (:func:`predict_part`).
     """
+
+    title: ClassVar[str] = "inference"
+    choices: ClassVar[Mapping[str, tuple[str, ...]]] = PREDICT_CHOICES
+    bounds: ClassVar[Mapping[str, Bound]] = PREDICT_LIMITS
 
     block: Mapping[str, int] = field(default_factory=lambda: {"z": 64, "y": 192, "x": 192})
     block_2d: Mapping[str, int] = field(default_factory=lambda: {"y": 384, "x": 384})
@@ -112,15 +116,9 @@ class PredictConfig:
     output_range: str | Sequence[float] = "auto"
 
     def __post_init__(self) -> None:
-        """Reject values outside what ``config/schema.yaml`` allows (``tests/test_settings.py`` holds the
-        two equal), so that a library caller meets the same limits as a workflow config."""
-        problems = [f"{name} must be one of {', '.join(choices)}, not {getattr(self, name)!r}"
-                    for name, choices in PREDICT_CHOICES.items() if getattr(self, name) not in choices]
-        for name, (low, high) in PREDICT_LIMITS.items():
-            value = getattr(self, name)
-            if value < low or (high is not None and value > high):
-                problems.append(f"{name} must be >= {low}" + (f" and <= {high}" if high is not None else "")
-                                + f", not {value!r}")
+        """Reject values outside what ``config/schema.yaml`` allows, so that a library caller meets the
+        same limits as a workflow config."""
+        problems = self.out_of_range()
         for name, axes in BLOCK_AXES.items():
             sizes = getattr(self, name)
             if set(sizes) != set(axes):
@@ -128,21 +126,7 @@ class PredictConfig:
             problems += [f"{name}.{axis} must be >= 1, not {size!r}" for axis, size in sizes.items() if size < 1]
         if self.output_range != "auto" and (isinstance(self.output_range, str) or len(self.output_range) != 2):
             problems.append(f"output_range must be auto or [low, high], not {self.output_range!r}")
-        if problems:
-            raise ValueError(f"inference settings: {'; '.join(problems)}")
-
-    @classmethod
-    def from_mapping(cls, values: Mapping[str, Any]) -> PredictConfig:
-        """Build from a config mapping, rejecting keys this version does not know."""
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ValueError(f"unknown inference settings: {', '.join(unknown)}")
-        return cls(**values)
-
-    def to_dict(self) -> dict[str, Any]:
-        """Plain-JSON form."""
-        return {k: (dict(v) if isinstance(v, Mapping) else v) for k, v in dataclasses.asdict(self).items()}
+        self.refuse(problems)
 
     def block_for(self, spatial_axes: str) -> Mapping[str, int]:
         """The block sizes for an image with ``spatial_axes``: ``block_2d`` without Z, ``block`` with it."""

@@ -27,13 +27,14 @@ import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 import torch
 import zarr
 from tqdm import tqdm
 
+from n2vpipe.config_section import Bound, ConfigSection
 from n2vpipe.device import arithmetic_name, autocast_dtype, select_device, to_device
 from n2vpipe.discover import RUN_ONLY
 from n2vpipe.errors import InputError, reporting_disk_full
@@ -71,7 +72,7 @@ TRAIN_CHOICES: dict[str, tuple[str, ...]] = {
     "lr_schedule": ("cosine", "constant"),
 }
 """The values each choice setting takes, as ``config/schema.yaml`` lists them."""
-TRAIN_LIMITS: dict[str, tuple[float, bool, float | None]] = {
+TRAIN_LIMITS: dict[str, Bound] = {
     **{name: (1, True, None) for name in ("batch_size", "steps", "neighbour_radius", "base_filters",
                                           "validation_patches", "validate_every", "checkpoint_every", "pool_tiles",
                                           "tile_refresh_every")},
@@ -82,13 +83,16 @@ TRAIN_LIMITS: dict[str, tuple[float, bool, float | None]] = {
     "masked_fraction": (0, False, 0.5),
     "validation_fraction": (0, True, 0.5),
 }
-"""(lower bound, whether the bound itself is allowed, upper bound or ``None``) of each numeric setting,
-as ``config/schema.yaml`` sets them."""
+"""The bounds of each numeric training setting, as ``config/schema.yaml`` sets them."""
 
 
 @dataclass(frozen=True)
-class TrainConfig:
+class TrainConfig(ConfigSection):
     """Training settings; built from the ``train`` section of the workflow config."""
+
+    title: ClassVar[str] = "training"
+    choices: ClassVar[Mapping[str, tuple[str, ...]]] = TRAIN_CHOICES
+    bounds: ClassVar[Mapping[str, Bound]] = TRAIN_LIMITS
 
     variant: Literal["n2v", "n2v2"] = "n2v"
     patch: Mapping[str, int] = field(default_factory=lambda: {"z": 16, "y": 64, "x": 64})
@@ -118,32 +122,10 @@ class TrainConfig:
     lr_schedule: Literal["cosine", "constant"] = "cosine"
 
     def __post_init__(self) -> None:
-        """Reject values outside what ``config/schema.yaml`` allows (``tests/test_settings.py`` holds the
-        two equal), so that a library caller meets the same limits as a workflow config."""
-        problems = [f"{name} must be one of {', '.join(choices)}, not {getattr(self, name)!r}"
-                    for name, choices in TRAIN_CHOICES.items() if getattr(self, name) not in choices]
-        for name, (low, low_inclusive, high) in TRAIN_LIMITS.items():
-            value = getattr(self, name)
-            below = value < low if low_inclusive else value <= low
-            if below or (high is not None and value > high):
-                bounds = f"{'>=' if low_inclusive else '>'} {low}" + (f" and <= {high}" if high is not None else "")
-                problems.append(f"{name} must be {bounds}, not {value!r}")
-        problems += [f"patch.{axis} must be >= 1, not {size!r}" for axis, size in self.patch.items() if size < 1]
-        if problems:
-            raise ValueError(f"training settings: {'; '.join(problems)}")
-
-    @classmethod
-    def from_mapping(cls, values: Mapping[str, Any]) -> TrainConfig:
-        """Build from a config mapping, rejecting keys this version does not know."""
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ValueError(f"unknown training settings: {', '.join(unknown)}")
-        return cls(**values)
-
-    def to_dict(self) -> dict[str, Any]:
-        """Plain-JSON form."""
-        return {k: (dict(v) if isinstance(v, Mapping) else v) for k, v in dataclasses.asdict(self).items()}
+        """Reject values outside what ``config/schema.yaml`` allows, so that a library caller meets the
+        same limits as a workflow config."""
+        self.refuse(self.out_of_range() + [f"patch.{axis} must be >= 1, not {size!r}"
+                                           for axis, size in self.patch.items() if size < 1])
 
 
 @dataclass(frozen=True)
