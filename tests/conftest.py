@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -38,3 +38,31 @@ def read_only_mount(tmp_path: Path) -> Iterator[Path]:
     mount.mkdir()
     with tmpfs(mount, "ro,size=1m"):
         yield mount
+
+
+HOLD_RESULTS_LOCK = """
+import sys, time
+from n2vpipe.lock import acquire_results_lock
+acquire_results_lock(sys.argv[1])
+print("held", flush=True)
+time.sleep(120)
+"""
+
+
+@pytest.fixture
+def results_lock_holder() -> Iterator[Callable[[Path], subprocess.Popen[str]]]:
+    """Starts a separate process that takes the results lock on a folder and holds it until killed
+    (at the latest when the test ends); returns once the lock is held."""
+    holders: list[subprocess.Popen[str]] = []
+
+    def hold(results: Path) -> subprocess.Popen[str]:
+        process = subprocess.Popen([sys.executable, "-c", HOLD_RESULTS_LOCK, str(results)], stdout=subprocess.PIPE,
+                                   text=True)
+        holders.append(process)
+        assert process.stdout.readline().strip() == "held"
+        return process
+
+    yield hold
+    for process in holders:
+        process.kill()
+        process.wait()

@@ -5,8 +5,6 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -16,37 +14,18 @@ import pytest
 from n2vpipe.lock import LOCK_FILE, ResultsLocked, acquire_results_lock, holder_of
 from n2vpipe.source import identify, read_record, replaced_since_recorded, withdraw_results, write_record
 
-HOLD_LOCK = """
-import sys, time
-from n2vpipe.lock import acquire_results_lock
-acquire_results_lock(sys.argv[1])
-print("held", flush=True)
-time.sleep(60)
-"""
 
-
-def _hold_lock_in_subprocess(results: Path) -> subprocess.Popen[str]:
-    """A separate process that takes the lock on ``results`` and keeps it until killed."""
-    process = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, str(results)], stdout=subprocess.PIPE, text=True)
-    assert process.stdout.readline().strip() == "held"
-    return process
-
-
-def test_a_held_lock_refuses_a_second_run_naming_the_holder(tmp_path: Path) -> None:
+def test_a_held_lock_refuses_a_second_run_naming_the_holder(tmp_path: Path, results_lock_holder) -> None:
     results = tmp_path / "results"
-    holder = _hold_lock_in_subprocess(results)
-    try:
-        with pytest.raises(ResultsLocked, match=rf"pid {holder.pid} on .*started .* in {os.getcwd()}"):
-            acquire_results_lock(results)
-        assert holder_of(results).pid == holder.pid
-    finally:
-        holder.terminate()
-        holder.wait()
+    holder = results_lock_holder(results)
+    with pytest.raises(ResultsLocked, match=rf"pid {holder.pid} on .*started .* in {os.getcwd()}"):
+        acquire_results_lock(results)
+    assert holder_of(results).pid == holder.pid
 
 
-def test_a_killed_holder_leaves_no_lock_but_is_reported(tmp_path: Path) -> None:
+def test_a_killed_holder_leaves_no_lock_but_is_reported(tmp_path: Path, results_lock_holder) -> None:
     results = tmp_path / "results"
-    holder = _hold_lock_in_subprocess(results)
+    holder = results_lock_holder(results)
     holder.send_signal(signal.SIGKILL)
     holder.wait()
     assert holder_of(results) is None

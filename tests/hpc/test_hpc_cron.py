@@ -26,13 +26,6 @@ from .conftest import (
 
 pytestmark = pytest.mark.workflow
 MIN_AGE = 3  # seconds an input must be unchanged before a cron run takes it
-HOLD_RESULTS_LOCK = """
-import sys, time
-from n2vpipe.lock import acquire_results_lock
-acquire_results_lock(sys.argv[1])
-print("held", flush=True)
-time.sleep(120)
-"""
 
 
 @dataclass
@@ -171,17 +164,13 @@ def test_overlapping_runs_do_not_interfere(cron: Cron) -> None:
     assert jobs_in(cron.last_log()) == set()
 
 
-def test_a_run_started_by_hand_keeps_cron_out_of_its_results(cron: Cron) -> None:
+def test_a_run_started_by_hand_keeps_cron_out_of_its_results(cron: Cron, results_lock_holder) -> None:
     write_volume(cron.inputs / "e.tif", seed=4)
     settle()
-    holder = subprocess.Popen([str(BIN / "python"), "-c", HOLD_RESULTS_LOCK, str(cron.results)],
-                              stdout=subprocess.PIPE, text=True)
-    try:
-        assert holder.stdout.readline().strip() == "held"
-        result = cron.run()
-    finally:
-        holder.kill()
-        holder.wait()
+    holder = results_lock_holder(cron.results)
+    result = cron.run()
+    holder.kill()
+    holder.wait()
     assert result.returncode == 0, describe(result, cron)
     assert f"another n2vpipe run holds {cron.results} (" in result.stdout, describe(result, cron)
     assert f'"pid": {holder.pid}' in result.stdout
