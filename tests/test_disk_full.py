@@ -20,6 +20,7 @@ from n2vpipe.model_io import WEIGHTS_FILE
 from n2vpipe.predict import DONE_DIR, PredictConfig, predict_part, predict_volume
 from n2vpipe.train import CHECKPOINT_FILE, LOG_FILE, TrainConfig, train_n2v
 from synthetic import poisson_gaussian, smooth_blobs
+from tiny import noisy_raw_zarr, tiny_model
 
 BLOCK = {"z": 8, "y": 16, "x": 16}
 CONFIG = PredictConfig(block=BLOCK, pyramid_levels=1)
@@ -58,10 +59,7 @@ def temporary_files(folder: Path) -> list[Path]:
 
 @pytest.fixture(scope="module")
 def raw_2d(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    folder = tmp_path_factory.mktemp("raw2d")
-    tifffile.imwrite(folder / "plane.tif", poisson_gaussian(smooth_blobs((96, 96), seed=0), seed=1))
-    ingest_tiff(folder / "plane.tif", folder / "raw.ome.zarr", {"y": 32, "x": 32})
-    return folder / "raw.ome.zarr"
+    return noisy_raw_zarr(tmp_path_factory.mktemp("raw2d"), (96, 96), {"y": 32, "x": 32})
 
 
 def test_full_disk_at_a_checkpoint_names_it_and_keeps_the_partial_model(raw_2d: Path, small_disk: Path,
@@ -93,12 +91,8 @@ def test_full_disk_while_saving_the_model_names_the_weights_file(raw_2d: Path, s
 def trained_3d(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     """A 16x64x64 raw OME-Zarr (32 blocks of BLOCK) and a model trained on it for a few steps."""
     folder = tmp_path_factory.mktemp("raw3d")
-    tifffile.imwrite(folder / "vol.tif", poisson_gaussian(smooth_blobs((16, 64, 64), seed=0), seed=1))
-    raw = folder / "raw.ome.zarr"
-    ingest_tiff(folder / "vol.tif", raw, BLOCK)
-    train_n2v(raw, folder / "model", TrainConfig(patch=BLOCK, batch_size=2, steps=2, base_filters=4, depth=1,
-                                                 validation_fraction=0))
-    return raw, folder / "model"
+    raw = noisy_raw_zarr(folder, (16, 64, 64), BLOCK)
+    return raw, tiny_model(raw, folder / "model", BLOCK)
 
 
 def test_full_disk_during_prediction_names_the_output_and_the_rerun_finishes(

@@ -12,13 +12,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import tifffile
 import torch
 import zarr
 from distributed import LocalCluster
 
 from n2vpipe.errors import InputError
-from n2vpipe.ingest import ingest_tiff
 from n2vpipe.io import open_ome_zarr, partial_path
 from n2vpipe.model_io import WEIGHTS_FILE
 from n2vpipe.predict import (
@@ -33,9 +31,8 @@ from n2vpipe.predict import (
     predict_volume,
 )
 from n2vpipe.qc import comparison_figure
-from n2vpipe.train import TrainConfig, train_n2v
 from n2vpipe.unet import UNet, UNetSpec
-from synthetic import poisson_gaussian, smooth_blobs
+from tiny import noisy_raw_zarr, tiny_model
 
 BLOCK = {"z": 8, "y": 16, "x": 16}
 CONFIG = PredictConfig(block=BLOCK, pyramid_levels=1)
@@ -48,12 +45,8 @@ PART = "from n2vpipe.predict import PredictConfig, predict_part; import sys; " \
 def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     """A small raw OME-Zarr and a model trained on it for a few steps."""
     folder = tmp_path_factory.mktemp("parts")
-    tifffile.imwrite(folder / "vol.tif", poisson_gaussian(smooth_blobs((16, 48, 64), seed=0), seed=1))
-    raw = folder / "raw.ome.zarr"
-    ingest_tiff(folder / "vol.tif", raw, BLOCK)
-    train_n2v(raw, folder / "model", TrainConfig(patch=BLOCK, batch_size=2, steps=3, base_filters=4, depth=1,
-                                                 validation_fraction=0))
-    return raw, folder / "model"
+    raw = noisy_raw_zarr(folder, (16, 48, 64), BLOCK)
+    return raw, tiny_model(raw, folder / "model", BLOCK, steps=3)
 
 
 def test_parts_are_disjoint_and_cover_all_blocks() -> None:
@@ -164,10 +157,8 @@ def test_folding_batch_norm_keeps_the_output() -> None:
 
 def test_2d_images_take_the_planar_block(tmp_path: Path) -> None:
     """predict.block_2d sets the blocks (= output chunks) of an image without Z; 3D blocks are left alone."""
-    tifffile.imwrite(tmp_path / "flat.tif", poisson_gaussian(smooth_blobs((100, 120), seed=2), seed=3))
-    ingest_tiff(tmp_path / "flat.tif", tmp_path / "raw.ome.zarr", {"z": 1, "y": 32, "x": 32})
-    train_n2v(tmp_path / "raw.ome.zarr", tmp_path / "model", TrainConfig(
-        patch={"z": 1, "y": 32, "x": 32}, batch_size=2, steps=2, base_filters=4, depth=1, validation_fraction=0))
+    raw = noisy_raw_zarr(tmp_path, (100, 120), {"z": 1, "y": 32, "x": 32}, seed=2)
+    tiny_model(raw, tmp_path / "model", {"z": 1, "y": 32, "x": 32})
     stats = predict_volume(tmp_path / "raw.ome.zarr", tmp_path / "model", tmp_path / "den.ome.zarr",
                            PredictConfig(block={"z": 4, "y": 16, "x": 16}, block_2d={"y": 32, "x": 64},
                                          pyramid_levels=1))

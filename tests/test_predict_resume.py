@@ -10,13 +10,10 @@ import time
 from pathlib import Path
 
 import numpy as np
-import tifffile
 
-from n2vpipe.ingest import ingest_tiff
 from n2vpipe.io import open_ome_zarr, partial_path
 from n2vpipe.predict import DONE_DIR, PredictConfig, predict_volume
-from n2vpipe.train import TrainConfig, train_n2v
-from synthetic import poisson_gaussian, smooth_blobs
+from tiny import noisy_raw_zarr, tiny_model
 
 BLOCK = {"z": 8, "y": 16, "x": 16}
 CONFIG = PredictConfig(block=BLOCK, pyramid_levels=1)
@@ -26,12 +23,8 @@ PREDICT = "from n2vpipe.predict import PredictConfig, predict_volume; import sys
 
 
 def test_killed_prediction_resumes_and_matches_an_uninterrupted_run(tmp_path: Path) -> None:
-    tifffile.imwrite(tmp_path / "vol.tif", poisson_gaussian(smooth_blobs((16, 64, 64), seed=0), seed=1))
-    raw = tmp_path / "raw.ome.zarr"
-    ingest_tiff(tmp_path / "vol.tif", raw, {"z": 8, "y": 16, "x": 16})
-    train_n2v(raw, tmp_path / "model", TrainConfig(patch={"z": 8, "y": 16, "x": 16}, batch_size=2, steps=2,
-                                                   base_filters=4, depth=1,
-                                                   validation_fraction=0))
+    raw = noisy_raw_zarr(tmp_path, (16, 64, 64), {"z": 8, "y": 16, "x": 16})
+    tiny_model(raw, tmp_path / "model", {"z": 8, "y": 16, "x": 16})
     reference = tmp_path / "reference.ome.zarr"
     predict_volume(raw, tmp_path / "model", reference, CONFIG)
 

@@ -34,6 +34,7 @@ from n2vpipe.train import (
     validation_patch,
 )
 from synthetic import poisson_gaussian, smooth_blobs
+from tiny import noisy_raw_zarr
 
 TINY = dict(patch={"z": 8, "y": 32, "x": 32}, batch_size=2, base_filters=4, validate_every=2,
             checkpoint_every=3, validation_patches=2, pool_tiles=2)
@@ -373,9 +374,7 @@ def test_a_damaged_model_fails_loading_naming_the_file_and_how_to_retrain(
 
 def test_an_image_smaller_than_the_pooling_grid_fails_naming_it(tmp_path: Path) -> None:
     """Two planes cannot be pooled to 4 along Z: the one error line names the raw store and what to change."""
-    tifffile.imwrite(tmp_path / "two.tif", poisson_gaussian(smooth_blobs((2, 32, 32), seed=0), seed=1))
-    raw = tmp_path / "raw.ome.zarr"
-    ingest_tiff(tmp_path / "two.tif", raw, {"z": 2, "y": 32, "x": 32})
+    raw = noisy_raw_zarr(tmp_path, (2, 32, 32), {"z": 2, "y": 32, "x": 32})
     with pytest.raises(InputError, match=rf"^{re.escape(str(raw))}: the image is 2 voxels along z, smaller than "
                                          r"the 4 the network pools it to .*train.depth"):
         train_n2v(raw, tmp_path / "model", TrainConfig(steps=1, base_filters=4, device="cpu"))

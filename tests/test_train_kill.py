@@ -13,13 +13,11 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-import tifffile
 import torch
 
-from n2vpipe.ingest import ingest_tiff
 from n2vpipe.io import partial_path
 from n2vpipe.train import CHECKPOINT_FILE, LOG_FILE
-from synthetic import poisson_gaussian, smooth_blobs
+from tiny import noisy_raw_zarr
 
 TRAIN_SCRIPT = """
 import json, sys
@@ -38,10 +36,7 @@ SETTINGS = {"patch": {"y": 32, "x": 32}, "batch_size": 4, "base_filters": 4, "st
 
 @pytest.fixture(scope="module")
 def raw_zarr_2d(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    folder = tmp_path_factory.mktemp("raw")
-    tifffile.imwrite(folder / "plane.tif", poisson_gaussian(smooth_blobs((128, 128), seed=0), seed=1))
-    ingest_tiff(folder / "plane.tif", folder / "raw.ome.zarr", {"y": 32, "x": 32})
-    return folder / "raw.ome.zarr"
+    return noisy_raw_zarr(tmp_path_factory.mktemp("raw"), (128, 128), {"y": 32, "x": 32})
 
 
 @pytest.fixture(scope="module")
