@@ -43,7 +43,8 @@ def write_config(folder: Path, **overrides: object) -> Path:
 def finished_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, np.ndarray, object]:
     """One pipeline run over a 3D volume with known ground truth, a 2D image, a ZCYX stack, and damaged or
     unsupported files: one that is no TIFF, an ImageJ stack cut short after 3 of its 10 planes (tifffile reads it as
-    a 2D image of its first plane) and a complex-valued TIFF."""
+    a 2D image of its first plane), a complex-valued TIFF, a float TIFF with a NaN, and a stack of two planes,
+    fewer than the network pools Z to."""
     folder = tmp_path_factory.mktemp("workflow")
     (folder / "in").mkdir()
     clean = smooth_blobs((32, 64, 64), seed=0)
@@ -58,6 +59,10 @@ def finished_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, np.nda
     (folder / "in" / "broken.tif").write_bytes(b"not a tiff")
     truncated_imagej_stack(folder / "in" / "cutshort.tif", planes=10, kept=3)
     tifffile.imwrite(folder / "in" / "spectrum.tif", np.ones((4, 16, 16), np.complex64), photometric="minisblack")
+    with_nan = np.full((4, 16, 16), 100, np.float32)
+    with_nan[1, 2, 3] = np.nan
+    tifffile.imwrite(folder / "in" / "nans.tif", with_nan, photometric="minisblack")
+    tifffile.imwrite(folder / "in" / "twoplanes.tif", poisson_gaussian(smooth_blobs((2, 32, 32), seed=8), seed=9))
     (folder / "in" / "bad name!.tif").write_bytes(b"never read")
     config = write_config(folder)
     result = run_snakemake(["--configfile", str(config), "--cores", "2", "--keep-going"], cwd=folder,
@@ -80,6 +85,7 @@ def test_failed_input_is_named_and_costs_no_other_acquisition(finished_run) -> N
     ("broken", "not a readable TIFF"),
     ("cutshort", "ImageJ metadata claims 10 images (10 slices, 1 channels, 1 frames) but the file holds a YX series"),
     ("spectrum", "voxels are complex (complex64), which n2vpipe refuses"),
+    ("nans", "1 voxels are NaN or infinite, which n2vpipe refuses"),
 ])
 def test_each_damaged_input_fails_alone_with_one_error_line_and_nothing_published(finished_run, acq: str,
                                                                                   problem: str) -> None:
@@ -93,6 +99,18 @@ def test_each_damaged_input_fails_alone_with_one_error_line_and_nothing_publishe
                  or p.name in ("model", "qc")]
     assert not published and not partial_path(results / "raw.ome.zarr").exists(), published
     assert (folder / "results" / "blobs" / "denoised.ome.zarr").is_dir()
+
+
+def test_an_image_too_small_for_the_network_fails_training_alone(finished_run) -> None:
+    """Two planes ingest, then training fails with one error line naming the raw store; no model and no
+    denoised output appear, and every good acquisition finished."""
+    folder, _, _ = finished_run
+    results = folder / "results" / "twoplanes"
+    errors = [line for line in (results / "logs" / "train.log").read_text().splitlines() if " ERROR " in line]
+    assert len(errors) == 1 and f"{results / 'raw.ome.zarr'}: the image is 2 voxels along z" in errors[0], errors
+    assert not (results / "model").exists() and not (results / "denoised.ome.zarr").exists()
+    for acq in ("blobs", "flat", "twochannel", "inplace"):
+        assert (folder / "results" / acq / "denoised.ome.zarr").is_dir(), acq
 
 
 def test_ome_zarr_input_is_read_in_place(finished_run) -> None:
