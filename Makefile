@@ -21,14 +21,14 @@ $(VENV)/.installed: pyproject.toml
 setup: $(VENV)/.installed
 
 demo: setup
-	$(BIN)/snakemake --cores $(CORES)
+	$(BIN)/snakemake --cores $(CORES) --configfile config/demo.yaml
 
 test: setup
 	$(BIN)/python -m pytest -q -rs
 
 lint: setup
 	$(BIN)/ruff check .
-	$(BIN)/snakemake --lint
+	$(BIN)/snakemake --lint --configfile config/demo.yaml
 
 clean-demo:
 	rm -rf results .snakemake

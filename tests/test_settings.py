@@ -1,11 +1,15 @@
-"""config/schema.yaml is the one source of the training and inference settings' defaults and limits; the
-library's TrainConfig and PredictConfig are held equal to it here, and UNetSpec defaults none of them."""
+"""config/schema.yaml is the one source of every setting's default and limits: the library's TrainConfig and
+PredictConfig and the docs in config/README.md are held equal to it here, UNetSpec defaults none of them, and
+config/config.yaml (where user configs start) sets none of them."""
 
 from __future__ import annotations
 
 import dataclasses
+import json
+import re
 from typing import Any
 
+import jsonschema
 import pytest
 import yaml
 
@@ -118,3 +122,58 @@ def test_unknown_inference_settings_are_refused_naming_them() -> None:
     assert PredictConfig.from_mapping({"jobs": 2, "block_2d": {"y": 64, "x": 64}}).jobs == 2
     with pytest.raises(ValueError, match=r"^unknown inference settings: blocks, treads$"):
         PredictConfig.from_mapping({"blocks": {}, "treads": 2})
+
+
+def _documented_rows() -> dict[str, tuple[str, str]]:
+    """config/README.md's table rows as {"section.key" or "key": (default cell, what-it-does cell)}; the
+    section is the last `## \\`name\\`` heading; the table after "Keys of each rule's entry" is `resources.*`."""
+    rows: dict[str, tuple[str, str]] = {}
+    section = ""
+    for line in (REPO / "config" / "README.md").read_text().splitlines():
+        heading = re.fullmatch(r"## `(\w+)`", line)
+        if heading or line.startswith("## "):
+            section = heading.group(1) if heading else ""
+        if line.startswith("Keys of each rule's entry"):
+            section = "resources.*"
+        row = re.match(r"\| `(\w+)` \| (.+?) \| (.+?) \| .* \|$", line)
+        if row:
+            key = f"{section}.{row.group(1)}" if section else row.group(1)
+            rows[key] = (row.group(2), row.group(3))
+    return rows
+
+
+def _schema_rows() -> dict[str, tuple[str, str]]:
+    """What config/README.md must show for every key of the schema: its default and its description."""
+
+    def row(spec: dict[str, Any]) -> tuple[str, str]:
+        default = f"`{json.dumps(spec['default'])}`" if "default" in spec else "—"
+        described = spec if "description" in spec else SCHEMA["$defs"][spec["$ref"].rpartition("/")[2]]
+        return default, " ".join(described["description"].split())
+
+    rows: dict[str, tuple[str, str]] = {}
+    for key, spec in SCHEMA["properties"].items():
+        if "properties" in spec:
+            rows.update({f"{key}.{sub}": row(sub_spec) for sub, sub_spec in spec["properties"].items()})
+        elif key != "acquisitions":
+            rows[key] = row(spec)
+    rows.update({f"resources.*.{key}": row(spec) for key, spec in SCHEMA["$defs"]["resources"]["properties"].items()})
+    return rows
+
+
+def test_config_readme_shows_every_key_with_the_schema_default_and_description() -> None:
+    documented, expected = _documented_rows(), _schema_rows()
+    assert set(documented) == set(expected), "config/README.md and config/schema.yaml list the same keys"
+    assert {key: documented[key] for key in expected} == expected
+
+
+def test_config_yaml_leaves_every_setting_to_the_schema_default() -> None:
+    """config/config.yaml is what a user's config starts from: it sets the folders, never a setting, so
+    a key a user leaves out takes the default real data should get (the demo's values live in demo.yaml)."""
+    shipped = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
+    sections = {key for key, spec in SCHEMA["properties"].items() if "properties" in spec}
+    assert shipped and not sections & set(shipped)
+
+
+@pytest.mark.parametrize("name", ["config.yaml", "demo.yaml"])
+def test_shipped_config_files_are_valid(name: str) -> None:
+    jsonschema.validate(yaml.safe_load((REPO / "config" / name).read_text()), SCHEMA)

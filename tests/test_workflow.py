@@ -182,8 +182,9 @@ def test_tiff_export_model_and_qc_exist(finished_run) -> None:
 
 
 def test_demo_config_dry_run_plans_every_stage(tmp_path: Path) -> None:
-    """The shipped config, as is, plans every stage for every bundled demo acquisition."""
-    result = run_snakemake(["-n", "--cores", "2", "--config", f"results_dir={tmp_path}"], cwd=REPO)
+    """The demo's config, as `make demo` passes it, plans every stage for every bundled demo acquisition."""
+    result = run_snakemake(["-n", "--cores", "2", "--configfile", "config/demo.yaml",
+                            "--config", f"results_dir={tmp_path}"], cwd=REPO)
     counts = dict(re.findall(r"^(\w+)\s+(\d+)$", result.stdout, flags=re.MULTILINE))
     demo = len(list((REPO / "data" / "demo").glob("*.tif")))
     stages = ("ingest", "train", "predict_part", "predict", "export_tiff", "qc_figure")
@@ -192,5 +193,5 @@ def test_demo_config_dry_run_plans_every_stage(tmp_path: Path) -> None:
 
 def test_the_workflow_passes_snakemake_lint() -> None:
     """`snakemake --lint` (what the Snakemake workflow catalog checks) finds nothing."""
-    result = run_snakemake(["--lint"], cwd=REPO)
+    result = run_snakemake(["--lint", "--configfile", "config/demo.yaml"], cwd=REPO)
     assert "Congratulations, your workflow is in a good condition!" in result.stdout + result.stderr
