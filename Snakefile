@@ -12,10 +12,14 @@ from snakemake.utils import min_version, validate
 
 min_version("9.0")
 
-# The library lives in src/; jobs (also in conda envs and on cluster nodes) import it from here.
-N2VPIPE_SRC = str(Path(workflow.basedir) / "src")
-sys.path.insert(0, N2VPIPE_SRC)
-os.environ.update(PYTHONPATH=os.pathsep.join(p for p in (N2VPIPE_SRC, os.environ.get("PYTHONPATH")) if p))
+# The library lives in src/ beside this file, also when this file is a module of a lab's own
+# workflow (workflow.basedir is then the lab's folder, current_basedir this one). Where that
+# folder is local (a clone, or a module deployed from a local path) this run and its jobs import
+# the library from it; otherwise it is the installed n2vpipe (envs/n2vpipe.yaml installs it).
+N2VPIPE_SRC = Path(workflow.current_basedir.get_path_or_uri(secret_free=True)) / "src"
+if (N2VPIPE_SRC / "n2vpipe").is_dir():
+    sys.path.insert(0, str(N2VPIPE_SRC))
+    os.environ.update(PYTHONPATH=os.pathsep.join(p for p in (str(N2VPIPE_SRC), os.environ.get("PYTHONPATH")) if p))
 
 
 configfile: "config/config.yaml"
