@@ -24,13 +24,13 @@ from n2vpipe.io import (
     canonical_axes,
     create_ome_zarr,
     export_tiff,
-    is_ome_zarr,
     open_ome_zarr,
     open_tiff_lazy,
     partial_path,
     pyramid_factors,
     write_pyramid,
 )
+from n2vpipe.layout import is_ome_zarr
 from n2vpipe.unet import anisotropic_pooling
 
 CHUNKS = {"z": 8, "y": 32, "x": 32}

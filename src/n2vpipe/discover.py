@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from n2vpipe.errors import InputError
-from n2vpipe.io import acquisition_name, is_ome_zarr, plane_files
+from n2vpipe.layout import acquisition_name, is_ome_zarr, plane_files
 
 SAFE_NAME = r"[A-Za-z0-9_][A-Za-z0-9_.\-]*"
 """Acquisition names allowed as wildcards: letters, digits, ``_``, ``.``, ``-``; no leading dot or dash."""

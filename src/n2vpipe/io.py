@@ -12,7 +12,6 @@ import itertools
 import json
 import logging
 import os
-import re
 import shutil
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -27,6 +26,7 @@ import zarr
 
 from n2vpipe.errors import InputError, reporting_disk_full
 from n2vpipe.geometry import z_is_coarse
+from n2vpipe.layout import plane_files
 from n2vpipe.tiff_checks import check_plane_files, open_checked_tiff
 
 log = logging.getLogger(__name__)
@@ -34,8 +34,6 @@ log = logging.getLogger(__name__)
 CANONICAL_AXES = "tczyx"
 SPATIAL_AXES = "zyx"
 NGFF_VERSION = "0.4"
-TIFF_SUFFIXES = (".ome.tiff", ".ome.tif", ".tiff", ".tif")
-ZARR_SUFFIXES = (".ome.zarr", ".zarr")
 _UNIT_ALIASES = {
     "micron": "micrometer",
     "um": "micrometer",
@@ -85,15 +83,6 @@ class ImageMeta:
     def spatial_chunks(self, chunks: Sequence[int]) -> tuple[int, ...]:
         """The spatial entries of a chunk shape given in canonical order."""
         return tuple(c for a, c in zip(self.axes, chunks, strict=True) if a in SPATIAL_AXES)
-
-
-def acquisition_name(path: Path) -> str:
-    """Name of the acquisition stored at ``path``: the file name without TIFF or Zarr suffixes."""
-    name = path.name
-    for suffix in TIFF_SUFFIXES + ZARR_SUFFIXES:
-        if name.lower().endswith(suffix):
-            return name[: -len(suffix)]
-    return name
 
 
 def canonical_axes(tiff_axes: str) -> tuple[str, tuple[int, ...]]:
@@ -164,12 +153,6 @@ def tiff_voxel_size(tif: tifffile.TiffFile) -> tuple[dict[str, float], str]:
     if "spacing" in imagej:
         sizes["z"] = float(imagej["spacing"])
     return sizes, _normalise_unit(imagej.get("unit"))
-
-
-def plane_files(folder: Path) -> list[Path]:
-    """The TIFF files of a one-file-per-plane folder, in natural sort order."""
-    files = [p for p in folder.iterdir() if p.name.lower().endswith((".tif", ".tiff"))]
-    return sorted(files, key=lambda p: [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", p.name)])
 
 
 class ContiguousTiffArray:
@@ -323,13 +306,6 @@ def create_ome_zarr(
     if extra_attrs:
         group.attrs["n2vpipe"] = dict(extra_attrs)
     return array
-
-
-def is_ome_zarr(path: Path) -> bool:
-    """Whether ``path`` looks like an OME-Zarr image folder (by name or by its Zarr metadata files)."""
-    path = Path(path)
-    return path.is_dir() and (path.name.lower().endswith(ZARR_SUFFIXES) or (path / ".zattrs").exists()
-                              or (path / "zarr.json").exists())
 
 
 def _multiscale(group: zarr.Group) -> dict[str, Any]:

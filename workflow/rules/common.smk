@@ -7,7 +7,7 @@ import yaml
 
 from snakemake.logging import logger
 
-from n2vpipe.io import is_ome_zarr
+from n2vpipe.layout import is_ome_zarr
 from n2vpipe.discover import (
     RUN_ONLY,
     SAFE_NAME,
