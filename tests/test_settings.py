@@ -5,6 +5,7 @@ config/config.yaml (where user configs start) sets none of them."""
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import json
 import re
 from typing import Any
@@ -14,6 +15,8 @@ import pytest
 import yaml
 
 from conftest import REPO
+from n2vpipe.discover import ArrivalRule
+from n2vpipe.ingest import ingest_tiff
 from n2vpipe.predict import PredictConfig
 from n2vpipe.train import TrainConfig
 from n2vpipe.unet import UNetSpec
@@ -39,6 +42,21 @@ def test_predict_config_defaults_are_the_schema_defaults() -> None:
     defaults = PredictConfig().to_dict()
     assert set(defaults) == set(PREDICT_SCHEMA), "PredictConfig and the schema's predict section list the same keys"
     assert defaults == {key: spec["default"] for key, spec in PREDICT_SCHEMA.items()}
+
+
+def test_ingest_defaults_are_the_schema_defaults() -> None:
+    """ingest_tiff's keyword defaults (what a library caller gets) are the workflow's."""
+    parameters = inspect.signature(ingest_tiff).parameters
+    ingest = SCHEMA["properties"]["ingest"]["properties"]
+    assert {key: parameters[key].default for key in ingest if key != "chunks"} == \
+        {key: spec["default"] for key, spec in ingest.items() if key != "chunks"}
+    assert parameters["spatial_chunks"].default is inspect.Parameter.empty
+
+
+def test_arrival_defaults_are_the_schema_defaults() -> None:
+    arrival = SCHEMA["properties"]["arrival"]["properties"]
+    assert dataclasses.asdict(ArrivalRule()) == {key: spec["default"] for key, spec in arrival.items()}
+    assert ArrivalRule.from_mapping({"min_age_seconds": 60}) == ArrivalRule(60, "")
 
 
 def _limit_cases(section: dict[str, Any]) -> list[tuple[str, Any, bool]]:

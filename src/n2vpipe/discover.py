@@ -284,9 +284,9 @@ class ArrivalRule:
 
     @classmethod
     def from_mapping(cls, settings: Mapping[str, Any] | None) -> ArrivalRule:
-        """Build from the ``arrival`` config section (missing keys take the defaults)."""
-        settings = settings or {}
-        return cls(float(settings.get("min_age_seconds", 0)), str(settings.get("marker_suffix", "")))
+        """Build from the ``arrival`` config section (missing keys take the defaults, which
+        ``tests/test_settings.py`` holds equal to the schema's)."""
+        return cls(**(settings or {}))
 
 
 def last_change(path: Path) -> float:
