@@ -14,6 +14,7 @@ ROOT = Path(__file__).resolve().parents[1]
 CONDA_NAMES = {"torch": "pytorch", "matplotlib": "matplotlib-base", "dask": "dask-core"}
 EXTRA_PACKAGES = {"distributed": "distributed"}  # extras that conda ships as packages of their own
 OUTSIDE_THE_RULES = {"snakemake", "snakemake-executor-plugin-slurm"}  # run snakemake, not inside its jobs
+RULE_EXTRAS = ("bioimageio",)  # optional dependencies that rules import (export_bioimageio)
 
 
 def conda_requirements() -> dict[str, SpecifierSet]:
@@ -30,7 +31,8 @@ def conda_requirements() -> dict[str, SpecifierSet]:
 def test_conda_environment_has_every_dependency_with_the_same_range() -> None:
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     expected = {}
-    for requirement in map(Requirement, project["dependencies"]):
+    extras = [line for extra in RULE_EXTRAS for line in project["optional-dependencies"][extra]]
+    for requirement in map(Requirement, project["dependencies"] + extras):
         if requirement.name in OUTSIDE_THE_RULES:
             continue
         expected[CONDA_NAMES.get(requirement.name, requirement.name)] = requirement.specifier
