@@ -52,7 +52,7 @@ OUTPUT_ID = v0_5.TensorId("denoised")
 N2V_CITATION = ("Krull, Buchholz, Jug: Noise2Void - Learning Denoising from Single Noisy Images. CVPR 2019",
                 "10.1109/CVPR.2019.00223")
 N2V2_CITATION = ("Höck et al.: N2V2 - Fixing Noise2Void Checkerboard Artifacts with Modified Sampling "
-                 "Strategies and a Tweaked Network Architecture. ECCV Workshops 2022", "10.1007/978-3-031-25069-9_33")
+                 "Strategies and a Tweaked Network Architecture. arXiv 2022", "10.48550/arXiv.2211.08512")
 
 
 def survives_scale_round_trip(voxels: int, scale: float) -> bool:
@@ -164,15 +164,15 @@ def documentation(acquisition: str, description: ModelDescription, meta: ImageMe
     variant = "N2V2" if description.spec.n2v2 else "Noise2Void"
     return f"""# n2vpipe {variant} denoiser for `{acquisition}`
 
-A {description.spec.ndim}D U-Net trained by [n2vpipe](README) with {variant} on the noisy voxels of acquisition
+A {description.spec.ndim}D U-Net trained by n2vpipe with {variant} on the noisy voxels of acquisition
 `{acquisition}` itself (no clean data). Axes `{meta.spatial_axes}`, voxel size {list(meta.spatial_scale)} {meta.unit}.
 
 ## Use
 
 Input: one channel of raw intensities, any size that is a multiple of the pooling grid
-{list(total_downsampling(description.spec))} per spatial axis. The package normalises the input with the
-training volume's mean {description.normalisation.mean[0]:.6g} and standard deviation
-{description.normalisation.std[0]:.6g} and maps the output back to the input's intensity scale.
+{list(total_downsampling(description.spec))} per spatial axis, from twice the halo plus one grid step on.
+The package normalises the input with the training volume's mean {description.normalisation.mean[0]:.6g}
+and standard deviation {description.normalisation.std[0]:.6g} and maps the output back to the input's intensity scale.
 Tile large volumes with the declared halo (the network's receptive reach rounded to the grid).
 
 ## Training settings
