@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import logging
 import shutil
 import tempfile
 from collections.abc import Mapping, Sequence
@@ -47,6 +48,7 @@ N2V_LIMITS = """\
 - Within the halo of the image border a consumer pads the input (bioimage.io: symmetric), where n2vpipe
   lets the network pad with zeros as in training: values there differ slightly from n2vpipe's output.
 """
+log = logging.getLogger(__name__)
 INPUT_ID = v0_5.TensorId("raw")
 OUTPUT_ID = v0_5.TensorId("denoised")
 N2V_CITATION = ("Krull, Buchholz, Jug: Noise2Void - Learning Denoising from Single Noisy Images. CVPR 2019",
@@ -288,15 +290,18 @@ def stage_files(raw_zarr: Path, model_dir: Path, cover: Path, staging: Path, acq
 def export_bioimageio(raw_zarr: Path, model_dir: Path, cover: Path, dst: Path, acquisition: str) -> v0_5.ModelDescr:
     """Write the bioimage.io package of ``model_dir`` (trained on ``raw_zarr``) to ``dst`` atomically.
 
-    An invalid description raises ``ValueError`` (pydantic's) before anything is written to ``dst``."""
+    An invalid description (pydantic's ``ValueError``) or a failed model test (:func:`check_package`) raises
+    before anything is written to ``dst``; the log names the package, its size and the test result."""
     with tempfile.TemporaryDirectory(prefix="bioimageio-") as folder:
         files, description, meta, halo = stage_files(Path(raw_zarr), Path(model_dir), Path(cover), Path(folder),
                                                      acquisition)
         model_descr = build_description(acquisition, description, meta, files, halo)
         package = save_bioimageio_package(model_descr, output_path=Path(folder) / "package.zip")
-        check_package(package, Path(dst))
+        summary = check_package(package, Path(dst))
         with atomic_output(Path(dst)) as partial:
             shutil.copyfile(package, partial)
+    log.info("wrote %s (%d bytes, halo %s): bioimageio.core model test passed (%d checks)", dst,
+             Path(dst).stat().st_size, list(halo), len(summary.details))
     return model_descr
 
 
