@@ -14,6 +14,7 @@ ROOT = Path(__file__).resolve().parents[1]
 CONDA_NAMES = {"torch": "pytorch", "matplotlib": "matplotlib-base", "dask": "dask-core"}
 EXTRA_PACKAGES = {"distributed": "distributed"}  # extras that conda ships as packages of their own
 OUTSIDE_THE_RULES = {"snakemake", "snakemake-executor-plugin-slurm"}  # run snakemake, not inside its jobs
+RULE_EXTRAS = ("workflow", "bioimageio")  # optional dependencies the rules' jobs need (export_bioimageio)
 
 
 ENVIRONMENT = yaml.safe_load((ROOT / "envs" / "n2vpipe.yaml").read_text())
@@ -32,10 +33,11 @@ def conda_requirements() -> dict[str, SpecifierSet]:
 
 
 def test_conda_environment_has_every_dependency_with_the_same_range() -> None:
-    """The library's dependencies and the workflow extra's, less what runs snakemake rather than its jobs."""
+    """The library's dependencies and those of the extras the rules use, less what runs snakemake, not its jobs."""
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     expected = {}
-    for requirement in map(Requirement, project["dependencies"] + project["optional-dependencies"]["workflow"]):
+    extras = [line for extra in RULE_EXTRAS for line in project["optional-dependencies"][extra]]
+    for requirement in map(Requirement, project["dependencies"] + extras):
         if requirement.name in OUTSIDE_THE_RULES:
             continue
         expected[CONDA_NAMES.get(requirement.name, requirement.name)] = requirement.specifier

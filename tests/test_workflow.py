@@ -27,7 +27,8 @@ TINY_CONFIG = {
               "masked_fraction": 0.02, "learning_rate": 0.002, "validate_every": 20, "checkpoint_every": 40},
     "predict": {"block": {"z": 16, "y": 32, "x": 32}, "pyramid_levels": 2, "jobs": 2},
     "threads": {"ingest": 1, "train": 2, "predict": 2},
-    "acquisitions": {"twochannel": {"predict": {"output_dtype": "uint16"}}},
+    "acquisitions": {"twochannel": {"predict": {"output_dtype": "uint16"}},
+                     "blobs": {"export": {"bioimageio": True}}, "flat": {"export": {"bioimageio": True}}},
 }
 
 
@@ -179,6 +180,24 @@ def test_tiff_export_model_and_qc_exist(finished_run) -> None:
     assert (acq / "qc" / "comparison.png").stat().st_size > 10_000
     assert {"weights.pt", "model.json", "loss.png", "training_log.csv"} <= {p.name for p in (acq / "model").iterdir()}
     assert not list(acq.glob(".*.partial")), "no partial outputs may remain after success"
+
+
+@pytest.mark.parametrize(("acq", "voxel"), [("blobs", {"z": 0.25, "y": 0.1, "x": 0.1}), ("flat", {"y": 1.0, "x": 1.0})])
+def test_bioimageio_export_on_for_an_acquisition_writes_a_valid_package(finished_run, acq: str,
+                                                                        voxel: dict[str, float]) -> None:
+    """export.bioimageio set for blobs (3D) and flat (2D) only: their packages (which the export job wrote
+    only after bioimageio.core's model test passed) load and carry the voxel size; no other acquisition has one."""
+    from bioimageio.spec import load_description
+
+    folder, _, _ = finished_run
+    results = folder / "results"
+    description = load_description(results / acq / "model.bioimageio.zip", perform_io_checks=False)
+    assert description.type == "model", description
+    axes = {str(axis.id): axis.scale for axis in description.inputs[0].axes if axis.type == "space"}
+    assert axes == voxel
+    assert "ERROR" not in (results / acq / "logs" / "export_bioimageio.log").read_text()
+    assert not (results / "twochannel" / "model.bioimageio.zip").exists()
+    assert not (results / "inplace" / "model.bioimageio.zip").exists()
 
 
 def test_demo_config_dry_run_plans_every_stage(tmp_path: Path) -> None:

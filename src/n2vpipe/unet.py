@@ -27,6 +27,9 @@ max-blur-pooling one fine voxel (``j``) more on either side. Nearest
 upsampling adds nothing beyond the alignment already counted at pooling.
 :func:`receptive_reach` adds these along the deepest path (which both variants
 keep); the full receptive field is ``2 * reach + 1``.
+
+This file imports nothing from n2vpipe at load time: bioimage.io packages ship it as is as
+their architecture source (:func:`unet_from_architecture` is the callable they name).
 """
 
 from __future__ import annotations
@@ -38,8 +41,6 @@ from dataclasses import asdict, dataclass, field
 import torch
 import torch.nn.functional as F
 from torch import nn
-
-from n2vpipe.geometry import z_is_coarse
 
 CONVS_PER_LEVEL = 2
 BLUR_TAPS = (1.0, 2.0, 1.0)
@@ -81,7 +82,11 @@ class UNetSpec:
 
 
 def anisotropic_pooling(depth: int, spatial_scale: Sequence[float]) -> tuple[tuple[int, ...], ...]:
-    """Per-level pooling that skips Z while Z voxels are coarse (:func:`~n2vpipe.geometry.z_is_coarse`)."""
+    """Per-level pooling that skips Z while Z voxels are coarse (:func:`~n2vpipe.geometry.z_is_coarse`).
+
+    Imported here, not at the top: the module must load without n2vpipe in a bioimage.io package."""
+    from n2vpipe.geometry import z_is_coarse
+
     if len(spatial_scale) == 2:
         return tuple((2, 2) for _ in range(depth))
     z_scale, y_scale = spatial_scale[0], spatial_scale[1]
@@ -500,6 +505,11 @@ class UNet(nn.Module):
                 needed.append(_coarsen(windows[level], factors))
                 shape = [n // f for n, f in zip(shape, factors, strict=True)]
         return needed, windows
+
+
+def unet_from_architecture(**architecture: object) -> UNet:
+    """The untrained network of a :meth:`UNetSpec.to_dict` description (the callable a bioimage.io package names)."""
+    return UNet(UNetSpec.from_dict(architecture))
 
 
 def memory_format(ndim: int) -> torch.memory_format:

@@ -93,6 +93,24 @@ def raw_zarr(wildcards):
     return f"{RESULTS}/{wildcards.acq}/raw.ome.zarr"
 
 
+def model_source(wildcards):
+    """The model an acquisition uses instead of training (config model:); empty when none. Inside the results
+    folder it is spelled as rule train's output (so another acquisition's model/ is trained first), elsewhere
+    as an absolute path."""
+    source = config_for(config, wildcards.acq)["model"]
+    if not source:
+        return ""
+    inside = os.path.relpath(os.path.abspath(source), os.path.abspath(RESULTS))
+    return f"{RESULTS}/{inside}" if not inside.startswith(os.pardir) else os.path.abspath(source)
+
+
+def model_dir(wildcards):
+    """The acquisition's model folder: trained on it (model/), or a checked copy of config model: (imported_model/)."""
+    if model_source(wildcards):
+        return f"{RESULTS}/{wildcards.acq}/imported_model"
+    return f"{RESULTS}/{wildcards.acq}/model"
+
+
 def prediction_parts(wildcards):
     """Markers of the inference jobs one acquisition is split into (config predict.jobs)."""
     parts = config_for(config, wildcards.acq)["predict"]["jobs"]
@@ -202,6 +220,8 @@ def outputs_of(acq):
     targets = [f"{RESULTS}/{acq}/denoised.ome.zarr", f"{RESULTS}/{acq}/qc/comparison.png"]
     if config_for(config, acq)["export"]["tiff"]:
         targets.append(f"{RESULTS}/{acq}/denoised.tif")
+    if config_for(config, acq)["export"]["bioimageio"]:
+        targets.append(f"{RESULTS}/{acq}/model.bioimageio.zip")
     return targets
 
 

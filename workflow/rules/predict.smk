@@ -3,7 +3,7 @@ rule predict_part:
     parts, each a separate job that may run on its own node); a killed job resumes its missing blocks."""
     input:
         zarr=raw_zarr,
-        model=f"{RESULTS}/{{acq}}/model",
+        model=model_dir,
     output:
         marker=temp(f"{RESULTS}/{{acq}}/.predict_parts/part{{part}}-of-{{parts}}.done"),
     params:

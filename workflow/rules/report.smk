@@ -38,3 +38,24 @@ rule qc_figure:
         "../../envs/n2vpipe.yaml"
     script:
         "../scripts/qc_figure.py"
+
+
+rule export_bioimageio:
+    """Package the acquisition's model as a bioimage.io model (weights, TorchScript, test block cut from the
+    acquisition, normalisation, QC figure as cover), written only once bioimageio.core's model test passes."""
+    input:
+        raw=raw_zarr,
+        model=model_dir,
+        cover=f"{RESULTS}/{{acq}}/qc/comparison.png",
+    output:
+        package=f"{RESULTS}/{{acq}}/model.bioimageio.zip",
+    log:
+        f"{RESULTS}/{{acq}}/logs/export_bioimageio.log",
+    threads: config["threads"]["report"]
+    resources:
+        mem_mb=mem_mb_for("report"),
+        runtime=runtime_for("report"),
+    conda:
+        "../../envs/n2vpipe.yaml"
+    script:
+        "../scripts/export_bioimageio.py"

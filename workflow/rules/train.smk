@@ -17,3 +17,23 @@ rule train:
         "../../envs/n2vpipe.yaml"
     script:
         "../scripts/train.py"
+
+
+rule import_model:
+    """Use config model: (another acquisition's model/ folder or an n2vpipe bioimage.io package) instead of
+    training: checked against the acquisition's axes and channels, copied into imported_model/."""
+    input:
+        zarr=raw_zarr,
+        source=model_source,
+    output:
+        model=directory(f"{RESULTS}/{{acq}}/imported_model"),
+    log:
+        f"{RESULTS}/{{acq}}/logs/import_model.log",
+    threads: config["threads"]["report"]
+    resources:
+        mem_mb=mem_mb_for("report"),
+        runtime=runtime_for("report"),
+    conda:
+        "../../envs/n2vpipe.yaml"
+    script:
+        "../scripts/import_model.py"
