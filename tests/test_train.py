@@ -24,6 +24,8 @@ from n2vpipe.train import (
     PatchPool,
     Region,
     TrainConfig,
+    ValidationSet,
+    WeightAverage,
     _masked_tensors,
     augment,
     budget_progress,
@@ -31,8 +33,10 @@ from n2vpipe.train import (
     learning_rate_at,
     split_regions,
     train_n2v,
+    validation_masks,
     validation_patch,
 )
+from n2vpipe.unet import UNet, UNetSpec
 from synthetic import poisson_gaussian, smooth_blobs
 from tiny import noisy_raw_zarr
 
@@ -396,3 +400,71 @@ def test_a_gpu_that_torch_cannot_use_fails_at_once_saying_why(tmp_path: Path) ->
     assert select_device("auto", {}).type == "cpu"
     assert select_device("auto", {"CUDA_VISIBLE_DEVICES": ""}).type == "cpu"
     assert select_device("cpu", {"CUDA_VISIBLE_DEVICES": "0"}).type == "cpu", "device: cpu always takes the CPU"
+
+
+@pytest.mark.parametrize("shape", [(64, 64), (16, 64, 64), (1, 9, 7), (5, 7)])
+def test_validation_masks_cover_every_pixel_once_and_never_touch(shape: tuple[int, ...]) -> None:
+    masks = validation_masks(shape)
+    np.testing.assert_array_equal(masks.sum(axis=0), 1)
+    assert all(mask.any() for mask in masks)
+    if min(shape) >= 3:
+        assert len(masks) >= 8
+    for mask in masks:
+        for axis in range(len(shape)):
+            head = np.take(mask, range(1, shape[axis]), axis=axis)
+            tail = np.take(mask, range(shape[axis] - 1), axis=axis)
+            assert not (head & tail).any(), "two pixels of one mask are neighbours"
+
+
+class _Identity(torch.nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x
+
+
+def test_validation_scores_every_pixel_of_its_patches_once_blind() -> None:
+    patches = np.random.default_rng(0).normal(size=(3, 8, 12, 12)).astype(np.float32)
+    validation = ValidationSet.build(patches, TrainConfig(), np.random.default_rng(1), torch.device("cpu"))
+    np.testing.assert_array_equal(sum(mask.numpy() for mask in validation.masks), 1)
+    replaced = sum(((inputs != validation.targets) * mask).sum() for inputs, mask in
+                   zip(validation.inputs, validation.masks, strict=True))
+    assert int(replaced) == patches.size, "every scored pixel was hidden from the network"
+    squared = sum((((inputs - validation.targets) ** 2) * mask).sum() for inputs, mask in
+                  zip(validation.inputs, validation.masks, strict=True))
+    assert validation.loss(_Identity(), "mse") == pytest.approx(float(squared) / patches.size, rel=1e-6)
+
+
+def _tiny_unet(seed: int) -> UNet:
+    torch.manual_seed(seed)
+    return UNet(UNetSpec(ndim=2, depth=1, base_filters=2, batch_norm=True, pooling=((2, 2),), n2v2=False))
+
+
+def test_weight_average_with_decay_zero_is_the_weights_and_warms_up_otherwise() -> None:
+    start, moved = _tiny_unet(0), _tiny_unet(1)
+    for buffer in moved.buffers():
+        buffer.fill_(3)  # BatchNorm statistics as if after training: copied, not averaged
+    copied = WeightAverage(start, 0.0)
+    copied.update(moved, step=1)
+    assert all(torch.equal(a, b) for a, b in zip(copied.model.state_dict().values(),
+                                                 moved.state_dict().values(), strict=True))
+    averaged = WeightAverage(start, 0.999)
+    averaged.update(moved, step=1)
+    kept = 2 / 11  # the warm-up's share of the average after step 1, below the decay
+    for name, value in averaged.model.named_parameters():
+        expected = kept * dict(start.named_parameters())[name] + (1 - kept) * dict(moved.named_parameters())[name]
+        torch.testing.assert_close(value, expected)
+    assert all(torch.equal(a, b) for a, b in zip(averaged.model.buffers(), moved.buffers(), strict=True))
+
+
+@pytest.mark.parametrize("decay", [0.0, 0.9])
+def test_the_model_saves_the_averaged_weights_and_resumes_them(raw_zarr: Path, tmp_path: Path, decay: float) -> None:
+    """Interrupted after its last step's checkpoint, the run saves the average the checkpoint holds: with decay 0
+    the weights themselves."""
+    config = TrainConfig(steps=6, **{**TINY, "checkpoint_every": 6, "validation_fraction": 0, "ema_decay": decay})
+    with pytest.raises(KeyboardInterrupt):
+        _train_and_interrupt_after_checkpoint(raw_zarr, tmp_path / "model", config)
+    checkpoint = torch.load(partial_path(tmp_path / "model") / CHECKPOINT_FILE, weights_only=True)
+    train_n2v(raw_zarr, tmp_path / "model", config)
+    saved = torch.load(tmp_path / "model" / "weights.pt", weights_only=True)
+    assert all(torch.equal(saved[k], checkpoint["average"][k]) for k in saved)
+    same_as_raw = all(torch.equal(saved[k], checkpoint["model"][k]) for k in saved)
+    assert same_as_raw == (decay == 0)

@@ -48,6 +48,16 @@ def uninterrupted_weights(raw_zarr_2d: Path, tmp_path_factory: pytest.TempPathFa
     return torch.load(model_dir / "weights.pt", weights_only=True)
 
 
+@pytest.fixture(scope="module")
+def uninterrupted_averaged_weights(raw_zarr_2d: Path,
+                                   tmp_path_factory: pytest.TempPathFactory) -> dict[str, torch.Tensor]:
+    """The weights of an uninterrupted run that saves the moving average of its weights."""
+    model_dir = tmp_path_factory.mktemp("uninterrupted_ema") / "model"
+    process = _start_training(raw_zarr_2d, model_dir, "uninterrupted", ema_decay=0.99)
+    assert process.wait(timeout=300) == 0, (model_dir.parent / "uninterrupted.out").read_text()
+    return torch.load(model_dir / "weights.pt", weights_only=True)
+
+
 def _start_training(raw_zarr: Path, model_dir: Path, name: str, **overrides: object) -> subprocess.Popen[bytes]:
     """Run training in a new Python process; its job log is ``<name>.log`` beside the model."""
     folder = model_dir.parent
@@ -150,3 +160,21 @@ def test_sigterm_checkpoints_at_once_exits_non_zero_and_the_rerun_resumes(
     assert second.wait(timeout=300) == 0, (tmp_path / "second.out").read_text()
     assert f"resuming from {partial / CHECKPOINT_FILE} at step {stopped_at}" in (tmp_path / "second.log").read_text()
     _assert_equal_weights(model_dir, uninterrupted_weights)
+
+
+def test_killed_training_with_weight_averaging_resumes_to_the_uninterrupted_average(
+        raw_zarr_2d: Path, uninterrupted_averaged_weights: dict[str, torch.Tensor],
+        uninterrupted_weights: dict[str, torch.Tensor], tmp_path: Path) -> None:
+    model_dir = tmp_path / "model"
+    partial = partial_path(model_dir)
+    first = _start_training(raw_zarr_2d, model_dir, "first", ema_decay=0.99)
+    _signal_when(first, lambda: _checkpoint_step(partial / CHECKPOINT_FILE) >= 60, signal.SIGKILL)
+    first.wait()
+    checkpoint = torch.load(partial / CHECKPOINT_FILE, weights_only=True)
+    assert not all(torch.equal(checkpoint["average"][k], checkpoint["model"][k]) for k in checkpoint["model"])
+    second = _start_training(raw_zarr_2d, model_dir, "second", ema_decay=0.99)
+    assert second.wait(timeout=300) == 0, (tmp_path / "second.out").read_text()
+    assert f"at step {checkpoint['step']}" in (tmp_path / "second.log").read_text()
+    _assert_equal_weights(model_dir, uninterrupted_averaged_weights)
+    assert not all(torch.equal(uninterrupted_averaged_weights[k], uninterrupted_weights[k])
+                   for k in uninterrupted_weights), "the average is not the raw weights"

@@ -6,7 +6,9 @@ receptive reach (rounded up to the pooling grid) where the volume goes on; at
 the volume border it reads no halo, because the network pads there exactly as
 it does for the whole volume. It predicts, crops, and writes only its own chunks;
 so the tiled result equals the whole-volume result, ``model(volume)``, and no two
-tasks share a chunk.
+tasks share a chunk. With ``tta``, each block's prediction is the mean over the flips
+and 90-degree rotations of the image plane (Z as it is), taken after the padding to
+the pooling grid, so that equality holds for that mean too.
 A marker per finished block lets a killed run resume with the missing blocks.
 On a CPU, dask threads read and write blocks while one thread runs the network,
 one block at a time with all of torch's threads; keeping the network's
@@ -114,6 +116,7 @@ class PredictConfig(ConfigSection):
     jobs: int = 1
     output_dtype: Literal["float32", "uint16", "uint8"] = "float32"
     output_range: str | Sequence[float] = "auto"
+    tta: bool = False
 
     def __post_init__(self) -> None:
         """Reject values outside what ``config/schema.yaml`` allows, so that a library caller meets the
@@ -191,37 +194,84 @@ def read_with_halo(array: zarr.Array, meta: ImageMeta, block: Block,
     return read_region(array, meta.key(block.t, block.c, lo, hi)), margins
 
 
+PlaneSymmetry = tuple[int, bool]
+"""A symmetry of the image plane: quarter turns of Y towards X, then whether X is flipped."""
+
+
+def plane_symmetries(grid: tuple[int, ...]) -> list[PlaneSymmetry]:
+    """The flips and rotations of the image plane (the last two axes) that test-time augmentation averages
+    over: all eight, or the four without quarter turns when Y and X pool by other factors."""
+    turns = (0, 1, 2, 3) if grid[-1] == grid[-2] else (0, 2)
+    return [(turn, flip) for turn in turns for flip in (False, True)]
+
+
+def turn_plane(array: np.ndarray, symmetry: PlaneSymmetry) -> np.ndarray:
+    """``array`` under ``symmetry`` (a view)."""
+    turns, flip = symmetry
+    turned = np.rot90(array, turns, axes=(-2, -1))
+    return turned[..., ::-1] if flip else turned
+
+
+def unturn_plane(array: np.ndarray, symmetry: PlaneSymmetry) -> np.ndarray:
+    """The inverse of :func:`turn_plane` (a view)."""
+    turns, flip = symmetry
+    return np.rot90(array[..., ::-1] if flip else array, -turns, axes=(-2, -1))
+
+
+def turn_margins(margins: Window, symmetry: PlaneSymmetry) -> Window:
+    """The ``(before, after)`` margins per axis of an array turned by ``symmetry``, given its own."""
+    probe = np.zeros([lo + 1 + hi for lo, hi in margins[-2:]], dtype=bool)
+    probe[margins[-2][0], margins[-1][0]] = True
+    turned = turn_plane(probe, symmetry)
+    corner = np.argwhere(turned)[0]
+    return (*margins[:-2], *((int(c), int(n - 1 - c)) for c, n in zip(corner, turned.shape, strict=True)))
+
+
+def _network_output(model: UNet, data: np.ndarray, device: torch.device, crop: Window | None,
+                    arithmetic: torch.dtype | None) -> np.ndarray:
+    """``model`` on one array already on the pooling grid, less ``crop`` (``None``: the whole output)."""
+    tensor = to_device(np.ascontiguousarray(data)[None, None], device, memory_format(data.ndim))
+    with torch.inference_mode(), torch.autocast(device.type, dtype=arithmetic, enabled=arithmetic is not None):
+        out = model(tensor) if crop is None else model.forward_cropped(tensor, crop)
+    return out.float()[0, 0].cpu().numpy()
+
+
 def run_network(model: UNet, data: np.ndarray, grid: tuple[int, ...], device: torch.device,
-                margins: Window | None = None, arithmetic: torch.dtype | None = None) -> np.ndarray:
+                margins: Window | None = None, arithmetic: torch.dtype | None = None,
+                tta: bool = False) -> np.ndarray:
     """Apply ``model`` to one normalised single-channel array, reflect-padding its end up to the pooling grid.
 
     With ``margins`` (``(before, after)`` per axis) the result leaves them out
     (:meth:`UNet.forward_cropped`: the decoder runs only where the output needs it).
     ``arithmetic`` (bfloat16 or float16) runs it under autocast to that dtype (float32 result).
+    ``tta`` averages the outputs over :func:`plane_symmetries` of the padded array (8 passes: 8 times the compute).
     """
     pad = [(0, (-s) % g) for s, g in zip(data.shape, grid, strict=True)]
     padded = np.pad(data, pad, mode="reflect") if any(p for _, p in pad) else data
-    tensor = to_device(padded[None, None], device, memory_format(data.ndim))
-    with torch.inference_mode(), torch.autocast(device.type, dtype=arithmetic, enabled=arithmetic is not None):
-        if margins is None:
-            out = model(tensor)[(..., *(slice(0, s) for s in data.shape))]
-        else:
-            out = model.forward_cropped(tensor, [(lo, hi + p) for (lo, hi), (_, p) in zip(margins, pad, strict=True)])
-    return out.float()[0, 0].cpu().numpy()
+    crop = None if margins is None else tuple((lo, hi + p) for (lo, hi), (_, p) in zip(margins, pad, strict=True))
+    symmetries = plane_symmetries(grid) if tta else [(0, False)]
+    total = None
+    for symmetry in symmetries:
+        turned_crop = None if crop is None else turn_margins(crop, symmetry)
+        out = unturn_plane(_network_output(model, turn_plane(padded, symmetry), device, turned_crop, arithmetic),
+                           symmetry)
+        total = out if total is None else total + out
+    mean = total if len(symmetries) == 1 else total / np.float32(len(symmetries))
+    return np.ascontiguousarray(mean if margins is not None else mean[tuple(slice(0, s) for s in data.shape)])
 
 
 def denoise_with_halo(data: np.ndarray, margins: Window, model: UNet, normalisation: Normalisation, block: Block,
                       grid: tuple[int, ...], device: torch.device, network_thread: Executor | None = None,
-                      arithmetic: torch.dtype | None = None) -> np.ndarray:
+                      arithmetic: torch.dtype | None = None, tta: bool = False) -> np.ndarray:
     """Denoise ``block`` from its data read with halo (``margins`` around it; intensities in the input's
     scale, float32).
 
     ``network_thread``, when given, runs the forward pass (one at a time), so other
     blocks' reads and writes overlap with it and the network's memory is allocated and
-    reused in one thread; ``arithmetic`` as in :func:`run_network`.
+    reused in one thread; ``arithmetic`` and ``tta`` as in :func:`run_network`.
     """
     normalised = normalisation.apply(data, block.c)
-    arguments = (model, normalised, grid, device, margins, arithmetic)
+    arguments = (model, normalised, grid, device, margins, arithmetic, tta)
     out = network_thread.submit(run_network, *arguments).result() if network_thread else run_network(*arguments)
     return normalisation.invert(out, block.c)
 
@@ -417,6 +467,7 @@ class BlockJob:
     precision: str
     encoding: OutputEncoding
     torch_threads: int | None
+    tta: bool = False
 
     def __getstate__(self) -> dict[str, object]:
         """Everything but the opened arrays (a worker opens its own)."""
@@ -441,7 +492,7 @@ class BlockJob:
         result = denoise_with_halo(data, margins, model, description.normalisation, item,
                                    total_downsampling(description.spec), device,
                                    self._network_thread(device),
-                                   autocast_dtype(self.precision, device))
+                                   autocast_dtype(self.precision, device), self.tta)
         computed = time.perf_counter()
         check_finite(result, item, self.model_dir)
         with reporting_disk_full(self.partial):
@@ -549,7 +600,8 @@ def predict_part(raw_zarr: Path, model_dir: Path, dst: Path, config: PredictConf
     blocks = plan_blocks(meta, block, block, grid)
     torch.set_num_threads(max(1, threads))
     partial = partial_path(dst)
-    fingerprint = _fingerprint(weights_digest, block, (config.output_dtype, config.output_range, config.precision))
+    fingerprint = _fingerprint(weights_digest, block, (config.output_dtype, config.output_range, config.precision,
+                                                       *(("tta",) if config.tta else ())))
     with _exclusive(partial.with_name(partial.name + ".lock")):
         encoding = _open_or_create_output(
             partial, meta, block, blosc_compressor(config.compressor, config.compression_level), fingerprint,
@@ -565,7 +617,7 @@ def predict_part(raw_zarr: Path, model_dir: Path, dst: Path, config: PredictConf
              arithmetic_name(autocast_dtype(config.precision, torch_device)), where)
     job = BlockJob(raw_zarr=Path(raw_zarr), model_dir=Path(model_dir), weights_digest=weights_digest,
                    partial=partial, halo=halo, device=config.device, precision=config.precision, encoding=encoding,
-                   torch_threads=None if scheduler_address else max(1, threads))
+                   torch_threads=None if scheduler_address else max(1, threads), tta=config.tta)
     stats = PredictionStats()
     progress = BlockProgress(len(pending), sum(b.voxels for b in pending))
 

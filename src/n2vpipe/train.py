@@ -2,21 +2,26 @@
 
 Patches come from a bounded pool of chunk-aligned tiles read from the zarr, so
 memory is fixed by the config, not by the volume. Validation uses a spatially
-disjoint slab at the end of the longest axis; the weights with the lowest
-validation loss are the ones saved, and training can stop early once it stops
-improving. A checkpoint (weights, best weights, optimizer, every RNG state,
-the tiles in the patch pool, step) is written every ``checkpoint_every`` steps
-and when SIGTERM arrives (a scheduler's time limit); a run started again on the
-same partial model folder resumes from it and ends with the weights an
-uninterrupted run would have had.
+disjoint slab at the end of the longest axis: every pixel of a fixed set of
+patches cut from it is scored once per validation, under a fixed set of masks
+(:func:`validation_masks`). With ``ema_decay`` above 0, an exponential moving
+average of the weights (:class:`WeightAverage`) is what validation scores and
+what is saved. The weights with the lowest validation loss are the ones saved,
+and training can stop early once it stops improving. A checkpoint (weights, their
+average, best weights, optimizer, every RNG state, the tiles in the patch pool,
+step) is written every ``checkpoint_every`` steps and when SIGTERM arrives (a
+scheduler's time limit); a run started again on the same partial model folder
+resumes from it and ends with the weights an uninterrupted run would have had.
 """
 
 from __future__ import annotations
 
 import contextlib
+import copy
 import csv
 import dataclasses
 import io
+import itertools
 import logging
 import math
 import pickle
@@ -47,7 +52,7 @@ from n2vpipe.io import (
     sample_voxels,
     write_bytes_atomic,
 )
-from n2vpipe.masking import mask_batch, struct_offsets
+from n2vpipe.masking import apply_blind_spots, mask_batch, struct_offsets
 from n2vpipe.model_io import ModelDescription, Normalisation, save_model
 from n2vpipe.qc import plot_training_log
 from n2vpipe.unet import UNet, UNetSpec, anisotropic_pooling, memory_format, total_downsampling
@@ -57,7 +62,7 @@ log = logging.getLogger(__name__)
 CHECKPOINT_FILE = "checkpoint.pt"
 LOG_FILE = "training_log.csv"
 LOG_COLUMNS = ("step", "train_loss", "val_loss", "learning_rate", "elapsed_s")
-CHECKPOINT_FORMAT = 2
+CHECKPOINT_FORMAT = 3
 RUN_ONLY_SETTINGS = RUN_ONLY["train"]
 """Training settings a checkpoint written under other values of is resumed all the same."""
 # Signals after which training checkpoints at the end of its current step and exits (SLURM's time limit).
@@ -82,6 +87,7 @@ TRAIN_LIMITS: dict[str, Bound] = {
     "learning_rate": (0, False, None),
     "masked_fraction": (0, False, 0.5),
     "validation_fraction": (0, True, 0.5),
+    "ema_decay": (0, True, 0.9999),
 }
 """The bounds of each numeric training setting, as ``config/schema.yaml`` sets them."""
 
@@ -108,7 +114,7 @@ class TrainConfig(ConfigSection):
     pooling: str | list[list[int]] = "auto"
     seed: int = 0
     validation_fraction: float = 0.1
-    validation_patches: int = 16
+    validation_patches: int = 8
     validate_every: int = 50
     max_minutes: float = 0.0
     checkpoint_every: int = 100
@@ -120,6 +126,7 @@ class TrainConfig(ConfigSection):
     early_stopping_patience: int = 0
     early_stopping_min_delta: float = 0.0
     lr_schedule: Literal["cosine", "constant"] = "cosine"
+    ema_decay: float = 0.0
 
     def __post_init__(self) -> None:
         """Reject values outside what ``config/schema.yaml`` allows, so that a library caller meets the
@@ -363,6 +370,91 @@ class BestValidation:
         self.weights = state["weights"]
 
 
+VALIDATION_DRAWS = 8
+"""The fewest masks each validation patch is scored under; together they cover each of its pixels once."""
+
+
+def validation_masks(shape: tuple[int, ...], draws: int = VALIDATION_DRAWS) -> np.ndarray:
+    """Boolean masks of shape ``(n, *shape)`` that partition the pixels of ``shape``: each pixel is in exactly one.
+
+    Mask ``k`` holds the pixels whose coordinates, modulo the lattice side ``s``
+    (the smallest with ``s**ndim >= draws``), equal the ``k``-th offset; so no two
+    pixels of one mask are closer than ``s`` along any axis, and each mask holds
+    about ``1 / s**ndim`` of the pixels. Offsets that select no pixel (an axis
+    shorter than ``s``) are left out.
+    """
+    side = 1
+    while side ** len(shape) < draws:
+        side += 1
+    remainders = np.indices(shape) % side
+    masks = [np.all(remainders == np.reshape(offset, (-1,) + (1,) * len(shape)), axis=0)
+             for offset in itertools.product(range(side), repeat=len(shape))]
+    return np.stack([mask for mask in masks if mask.any()])
+
+
+@dataclass(frozen=True)
+class ValidationSet:
+    """Fixed validation patches, each under every mask of :func:`validation_masks`: per mask, the network
+    input ``(B, 1, *spatial)`` and its loss mask; the target is the patches themselves."""
+
+    inputs: tuple[torch.Tensor, ...]
+    masks: tuple[torch.Tensor, ...]
+    targets: torch.Tensor
+
+    @classmethod
+    def build(cls, patches: np.ndarray, config: TrainConfig, rng: np.random.Generator,
+              device: torch.device) -> ValidationSet:
+        """Mask ``patches`` (shape ``(B, *spatial)``) under each validation mask, replacements drawn from ``rng``."""
+        replacement = "median" if config.variant == "n2v2" else "uniform"
+        struct = None if config.struct_mask is None else struct_offsets(config.struct_mask, patches.ndim - 1)
+        layout = memory_format(patches.ndim - 1)
+        inputs, masks = [], []
+        for mask in validation_masks(patches.shape[1:]):
+            masked = np.stack([apply_blind_spots(patch, mask, config.neighbour_radius, replacement, rng, struct)
+                               for patch in patches])
+            inputs.append(to_device(masked[:, None], device, layout))
+            masks.append(to_device(np.broadcast_to(mask, patches.shape)[:, None].astype(np.float32), device, layout))
+        return cls(tuple(inputs), tuple(masks), to_device(patches[:, None], device, layout))
+
+    def loss(self, model: UNet, kind: str) -> float:
+        """Loss of ``model`` (in eval mode) over every pixel of the patches, each scored once, blind."""
+        model.eval()
+        total = torch.zeros((), dtype=torch.float64, device=self.targets.device)
+        with torch.no_grad():
+            for inputs, mask in zip(self.inputs, self.masks, strict=True):
+                error = model(inputs) - self.targets
+                per_pixel = error.abs() if kind == "l1" else error.square()
+                total += (per_pixel * mask).sum(dtype=torch.float64)
+        return float(total) / self.targets.numel()
+
+
+class WeightAverage:
+    """An exponential moving average of a model's weights, held in a copy of the model (eval mode).
+
+    After step ``t`` the average moves towards the weights by ``1 - d``, with
+    ``d = min(decay, (1 + t) / (10 + t))``: the warm-up keeps a short run's average
+    from clinging to the initial weights. Decay 0 copies the weights. Buffers
+    (BatchNorm's running statistics) are copied, not averaged.
+    """
+
+    def __init__(self, model: UNet, decay: float) -> None:
+        self.decay = decay
+        self.model = copy.deepcopy(model).eval()
+        self.model.requires_grad_(False)
+
+    def update(self, model: UNet, step: int) -> None:
+        """Move the average towards ``model``'s weights after optimiser step ``step`` (1 for the first)."""
+        rate = min(self.decay, (1 + step) / (10 + step))
+        with torch.no_grad():
+            for average, current in zip(self.model.parameters(), model.parameters(), strict=True):
+                if rate == 0:
+                    average.copy_(current)
+                else:
+                    average.lerp_(current, 1 - rate)
+            for average, current in zip(self.model.buffers(), model.buffers(), strict=True):
+                average.copy_(current)
+
+
 def _masked_tensors(batch: np.ndarray, config: TrainConfig, rng: np.random.Generator,
                     device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Network input, target and mask tensors of shape ``(B, 1, *spatial)``."""
@@ -376,7 +468,7 @@ def _masked_tensors(batch: np.ndarray, config: TrainConfig, rng: np.random.Gener
 @dataclass
 class TrainingState:
     """What a checkpoint holds besides the step counters: everything a resumed run needs to take the
-    steps an uninterrupted run would have taken (the validation batch comes from the seed alone)."""
+    steps an uninterrupted run would have taken (the validation set comes from the seed alone)."""
 
     model: UNet
     optimizer: torch.optim.Optimizer
@@ -384,11 +476,13 @@ class TrainingState:
     rng: np.random.Generator
     pool: PatchPool
     best: BestValidation
+    average: WeightAverage
 
     def state_dict(self) -> dict[str, Any]:
         """Checkpoint form: tensors and plain values only."""
         state = {
             "model": self.model.state_dict(),
+            "average": self.average.model.state_dict(),
             "best": self.best.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "grad_scaler": self.scaler.state_dict(),
@@ -403,6 +497,7 @@ class TrainingState:
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         """Inverse of :meth:`state_dict`."""
         self.model.load_state_dict(state["model"])
+        self.average.model.load_state_dict(state["average"])
         self.optimizer.load_state_dict(state["optimizer"])
         if state["grad_scaler"]:
             self.scaler.load_state_dict(state["grad_scaler"])
@@ -514,18 +609,6 @@ def stop_requests(signals: tuple[signal.Signals, ...] = STOP_SIGNALS) -> Iterato
             signal.signal(number, handler)
 
 
-def _validation_loss(model: UNet, val_batch: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None,
-                     kind: str) -> float:
-    """Masked loss on the fixed validation batch (NaN when there is none)."""
-    if val_batch is None:
-        return float("nan")
-    model.eval()
-    with torch.no_grad():
-        loss = masked_loss(model(val_batch[0]), val_batch[1], val_batch[2], kind)
-    model.train()
-    return float(loss)
-
-
 def train_n2v(zarr_path: Path, model_dir: Path, config: TrainConfig, threads: int = 1) -> ModelDescription:
     """Train a Noise2Void model on the OME-Zarr at ``zarr_path``; write it to ``model_dir``.
 
@@ -534,8 +617,8 @@ def train_n2v(zarr_path: Path, model_dir: Path, config: TrainConfig, threads: in
     validations in a row without the validation loss falling more than
     ``early_stopping_min_delta`` below its best). When there is a validation
     region, the weights saved are those with the lowest validation loss, not
-    the last ones; the history records ``best_step``, ``best_val_loss`` and
-    ``stopped_by`` (``steps``, ``max_minutes`` or ``early_stopping``).
+    the last ones (the averaged weights when ``ema_decay`` is above 0); the history
+    records ``best_step``, ``best_val_loss`` and ``stopped_by`` (``steps``, ``max_minutes`` or ``early_stopping``).
     SIGTERM checkpoints at the end of the current step and raises :class:`StoppedBySignal`;
     the partial folder stays for the rerun to resume from.
     """
@@ -556,29 +639,30 @@ def train_n2v(zarr_path: Path, model_dir: Path, config: TrainConfig, threads: in
              patch, device, normalisation)
     pool = PatchPool(array, meta, train_region, patch, normalisation, config.pool_tiles,
                      config.tile_refresh_every, rng)
-    val_batch = None
+    validation = None
     if val_region is not None:
         val_pool = PatchPool(array, meta, val_region, validation_patch(patch, val_region), normalisation, 2, 1,
                              np.random.default_rng(config.seed + 1))
-        val_batch = _masked_tensors(val_pool.sample(config.validation_patches), config,
-                                    np.random.default_rng(config.seed + 2), device)
+        validation = ValidationSet.build(val_pool.sample(config.validation_patches), config,
+                                         np.random.default_rng(config.seed + 2), device)
     elif config.early_stopping_patience:
         log.warning("early stopping is off: the volume is too small to hold out a validation region")
     model = UNet(spec).to(device, memory_format=memory_format(spec.ndim))
     optimizer = torch.optim.Adam(model.parameters(), lr=config.learning_rate)
     arithmetic = autocast_dtype(config.precision, device)
     scaler = torch.amp.GradScaler(device.type, enabled=arithmetic is torch.float16)
-    state = TrainingState(model, optimizer, scaler, rng, pool, BestValidation(config.early_stopping_min_delta))
+    state = TrainingState(model, optimizer, scaler, rng, pool, BestValidation(config.early_stopping_min_delta),
+                          WeightAverage(model, config.ema_decay))
     with atomic_output(model_dir, keep_partial_on_error=True) as partial:
         partial.mkdir(parents=True, exist_ok=True)
         checkpoint = partial / CHECKPOINT_FILE
         position = _resume(checkpoint, config, state, device)
         try:
             with stop_requests() as stop:
-                history = _run_steps(state, arithmetic, val_batch, config, device, partial, position, stop)
+                history = _run_steps(state, arithmetic, validation, config, device, partial, position, stop)
         except FloatingPointError as error:
             raise FloatingPointError(f"{zarr_path}: {error}") from error
-        best = state.best
+        best, model = state.best, state.average.model
         if best.weights is not None:
             model.load_state_dict(best.weights)
             log.info("keeping the weights of step %d (lowest validation loss %.4f)", best.step, best.loss)
@@ -612,7 +696,8 @@ def _diverged(what: str, step: int, arithmetic: torch.dtype | None, learning_rat
         "or set train.precision: float32")
 
 
-def _run_steps(state: TrainingState, arithmetic: torch.dtype | None, val_batch: Any, config: TrainConfig,
+def _run_steps(state: TrainingState, arithmetic: torch.dtype | None, validation: ValidationSet | None,
+               config: TrainConfig,
                device: torch.device, folder: Path, start: LoopPosition, stop: StopRequest) -> dict[str, Any]:
     """The optimisation loop; appends to the CSV log, tracks the best validation and checkpoints as it goes.
 
@@ -652,13 +737,14 @@ def _run_steps(state: TrainingState, arithmetic: torch.dtype | None, val_batch: 
             scaler.step(optimizer)
             scaler.update()
             step += 1
+            state.average.update(model, step)
             running += loss.detach()  # no .item() here: the CPU prepares the next batch while the GPU works
             running_count += 1
             progress.update(1)
             elapsed = time.monotonic() - started
             out_of_time = config.max_minutes > 0 and elapsed > config.max_minutes * 60
             if step % config.validate_every == 0 or step == config.steps or out_of_time:
-                val_loss = _validation_loss(model, val_batch, config.loss)
+                val_loss = validation.loss(state.average.model, config.loss) if validation else math.nan
                 train_loss = float(running) / running_count
                 if not math.isfinite(train_loss):
                     raise _diverged(f"training loss became {train_loss}", step, arithmetic, learning_rate)
@@ -670,8 +756,8 @@ def _run_steps(state: TrainingState, arithmetic: torch.dtype | None, val_batch: 
                     log.info("step %d/%d loss %.4f val %.4f", step, config.steps, train_loss, val_loss)
                 running.zero_()
                 running_count = 0
-                if val_batch is not None:
-                    best.record(step, val_loss, model)
+                if validation is not None:
+                    best.record(step, val_loss, state.average.model)
                 if 0 < config.early_stopping_patience <= best.stale:
                     stop_reason = "early_stopping"
                     log.info("early stopping at step %d: no improvement in %d validations", step, best.stale)
