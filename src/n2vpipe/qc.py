@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import csv
 import io
+import textwrap
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import matplotlib
 
@@ -83,5 +86,32 @@ def comparison_figure(raw_zarr: Path, denoised_zarr: Path, png: Path) -> None:
             ax.set_title(f"{title} (channel {channel}, central plane)")
             ax.axis("off")
     fig.suptitle(Path(denoised_zarr).parent.name)
+    fig.tight_layout()
+    save_figure(fig, png)
+
+
+def noise_figure(report: Mapping[str, Any], png: Path) -> None:
+    """The noise check (:func:`n2vpipe.noise.check_noise`) as a picture: excess autocorrelation against lag per
+    axis with the threshold, noise variance against intensity with the Poisson-Gaussian fit, the verdict on top."""
+    threshold = report["settings"]["correlation_threshold"]
+    fig, (corr_ax, level_ax) = plt.subplots(1, 2, figsize=(11, 4.8), dpi=100)
+    for channel in report["channels"]:
+        for axis in channel["axes"]:
+            lags = range(1, len(axis["excess"]) + 1)
+            label = f"{axis['axis'].upper()} (channel {channel['channel']})"
+            corr_ax.plot(lags, axis["excess"], marker="o", label=label)
+        level = channel["level"]
+        level_ax.plot(level["bin_mean"], level["bin_variance"], "o", label=f"channel {channel['channel']}")
+        means = np.array(level["bin_mean"])
+        level_ax.plot(means, level["gain"] * means + level["offset"], "-",
+                      label=f"{level['gain']:.3g} x intensity + {level['offset']:.3g}")
+    corr_ax.axhline(threshold, color="red", linestyle="--", label=f"threshold {threshold}")
+    corr_ax.set_xlabel("lag (voxels)")
+    corr_ax.set_ylabel("noise autocorrelation above white noise")
+    corr_ax.legend(fontsize=8)
+    level_ax.set_xlabel("intensity (blurred)")
+    level_ax.set_ylabel("noise variance")
+    level_ax.legend(fontsize=8)
+    fig.suptitle(textwrap.fill(report["verdict"]["message"].split("\n")[0], 140), fontsize=9)
     fig.tight_layout()
     save_figure(fig, png)

@@ -8,6 +8,7 @@ import yaml
 from snakemake.logging import logger
 
 from n2vpipe.io import is_ome_zarr
+from n2vpipe.noise import noise_warning
 from n2vpipe.discover import (
     RUN_ONLY,
     SAFE_NAME,
@@ -200,6 +201,7 @@ def final_outputs():
 def outputs_of(acq):
     """The final files of one acquisition."""
     targets = [f"{RESULTS}/{acq}/denoised.ome.zarr", f"{RESULTS}/{acq}/qc/comparison.png"]
+    targets += [f"{RESULTS}/{acq}/qc/noise.json", f"{RESULTS}/{acq}/qc/noise.png"]
     if config_for(config, acq)["export"]["tiff"]:
         targets.append(f"{RESULTS}/{acq}/denoised.tif")
     return targets
@@ -219,7 +221,17 @@ def outputs_summary():
     lines = [f"n2vpipe: results for {len(ACQUISITIONS)} acquisition(s) under {os.path.abspath(RESULTS)}"]
     for acq in ACQUISITIONS:
         lines.append(f"  {acq}: denoised.ome.zarr (open in napari/Fiji), model/, qc/comparison.png, logs/")
-    return "\n".join(lines + left_out_summary())
+    return "\n".join(lines + noise_warnings() + left_out_summary())
+
+
+def noise_warnings():
+    """Lines naming acquisitions whose noise check (qc/noise.json) found correlated noise left unhidden."""
+    lines = []
+    for acq in ACQUISITIONS:
+        warning = noise_warning(f"{RESULTS}/{acq}/qc/noise.json")
+        if warning:
+            lines.append(f"  {acq}: WARNING (qc/noise.json): {warning}")
+    return lines
 
 
 def failure_summary():
@@ -231,4 +243,4 @@ def failure_summary():
     ]
     for acq in unfinished:
         lines.append(f"  {acq}: logs in {os.path.abspath(os.path.join(RESULTS, acq, 'logs'))}")
-    return "\n".join(lines + left_out_summary())
+    return "\n".join(lines + noise_warnings() + left_out_summary())
