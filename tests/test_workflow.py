@@ -182,6 +182,7 @@ def test_tiff_export_model_and_qc_exist(finished_run) -> None:
     assert (acq / "qc" / "comparison.png").stat().st_size > 10_000
     assert (acq / "qc" / "noise.png").stat().st_size > 10_000
     assert [c["channel"] for c in json.loads((acq / "qc" / "noise.json").read_text())["channels"]] == [0, 1]
+    assert [c["channel"] for c in json.loads((acq / "qc" / "metrics.json").read_text())["channels"]] == [0, 1]
     assert {"weights.pt", "model.json", "loss.png", "training_log.csv"} <= {p.name for p in (acq / "model").iterdir()}
     assert not list(acq.glob(".*.partial")), "no partial outputs may remain after success"
 
@@ -191,7 +192,7 @@ def test_demo_config_dry_run_plans_every_stage(tmp_path: Path) -> None:
     result = run_snakemake(["-n", "--cores", "2", "--config", f"results_dir={tmp_path}"], cwd=REPO)
     counts = dict(re.findall(r"^(\w+)\s+(\d+)$", result.stdout, flags=re.MULTILINE))
     demo = len(list((REPO / "data" / "demo").glob("*.tif")))
-    stages = ("ingest", "train", "predict_part", "predict", "export_tiff", "qc_figure", "noise_check")
+    stages = ("ingest", "train", "predict_part", "predict", "export_tiff", "qc_figure", "noise_check", "qc_metrics")
     assert {k: int(counts.get(k, 0)) for k in stages} == dict.fromkeys(stages, demo)
 
 

@@ -115,16 +115,21 @@ def blocks_to_sample(meta: ImageMeta, max_blocks: int, fraction: float) -> int:
     return min(max_blocks, max(MIN_BLOCKS, wanted))
 
 
+def block_keys(meta: ImageMeta, chunks: Sequence[int], channel: int, count: int, seed: int) -> list[tuple[Any, ...]]:
+    """Array keys of ``count`` sample blocks of one channel at random places and time points."""
+    rng = np.random.default_rng([seed, channel])
+    keys = []
+    for start in block_starts(meta, chunks, count, rng):
+        stop = [s + block_edge(meta)[a] for s, a in zip(start, meta.spatial_axes, strict=True)]
+        keys.append(meta.key(int(rng.integers(0, meta.size("t"))), channel, start, stop))
+    return keys
+
+
 def sample_blocks(path: Path, channel: int, count: int, seed: int) -> tuple[list[np.ndarray], ImageMeta]:
     """``count`` float64 blocks of one channel at random places and time points of the OME-Zarr at ``path``."""
     array, meta = open_ome_zarr(path)
-    rng = np.random.default_rng([seed, channel])
-    blocks = []
-    for start in block_starts(meta, array.chunks, count, rng):
-        stop = [s + block_edge(meta)[a] for s, a in zip(start, meta.spatial_axes, strict=True)]
-        t = int(rng.integers(0, meta.size("t")))
-        blocks.append(read_region(array, meta.key(t, channel, start, stop)).astype(np.float64))
-    return blocks, meta
+    keys = block_keys(meta, array.chunks, channel, count, seed)
+    return [read_region(array, key).astype(np.float64) for key in keys], meta
 
 
 def high_pass_kernel(ndim: int) -> np.ndarray:

@@ -17,6 +17,7 @@ import numpy as np  # noqa: E402
 import zarr  # noqa: E402
 
 from n2vpipe.io import ImageMeta, open_ome_zarr, read_region, write_bytes_atomic  # noqa: E402
+from n2vpipe.metrics import stored_to_intensity  # noqa: E402
 
 
 def save_figure(fig: plt.Figure, png: Path) -> None:
@@ -61,14 +62,6 @@ def middle_plane(array: zarr.Array, meta: ImageMeta, channel: int) -> np.ndarray
         else:
             key.append(slice(None))
     return read_region(array, tuple(key)).astype(np.float32, copy=False)
-
-
-def stored_to_intensity(values: np.ndarray, zarr_path: Path, channel: int) -> np.ndarray:
-    """Undo an integer output's rescaling (attribute ``n2vpipe.intensity``); float outputs pass through."""
-    mapping = zarr.open_group(str(zarr_path), mode="r").attrs.get("n2vpipe", {}).get("intensity", {})
-    if "scale" not in mapping:
-        return values
-    return mapping["offset"][channel] + mapping["scale"][channel] * values
 
 
 def comparison_figure(raw_zarr: Path, denoised_zarr: Path, png: Path) -> None:

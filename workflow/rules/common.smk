@@ -9,6 +9,7 @@ from snakemake.logging import logger
 
 from n2vpipe.io import is_ome_zarr
 from n2vpipe.noise import noise_warning
+from n2vpipe.metrics import metrics_flags
 from n2vpipe.discover import (
     RUN_ONLY,
     SAFE_NAME,
@@ -201,7 +202,7 @@ def final_outputs():
 def outputs_of(acq):
     """The final files of one acquisition."""
     targets = [f"{RESULTS}/{acq}/denoised.ome.zarr", f"{RESULTS}/{acq}/qc/comparison.png"]
-    targets += [f"{RESULTS}/{acq}/qc/noise.json", f"{RESULTS}/{acq}/qc/noise.png"]
+    targets += [f"{RESULTS}/{acq}/qc/{name}" for name in ("noise.json", "noise.png", "metrics.json")]
     if config_for(config, acq)["export"]["tiff"]:
         targets.append(f"{RESULTS}/{acq}/denoised.tif")
     return targets
@@ -225,12 +226,16 @@ def outputs_summary():
 
 
 def noise_warnings():
-    """Lines naming acquisitions whose noise check (qc/noise.json) found correlated noise left unhidden."""
+    """Lines naming acquisitions whose noise check (qc/noise.json) found correlated noise left unhidden,
+    or whose residual diagnostics (qc/metrics.json) raise flags."""
     lines = []
     for acq in ACQUISITIONS:
         warning = noise_warning(f"{RESULTS}/{acq}/qc/noise.json")
         if warning:
             lines.append(f"  {acq}: WARNING (qc/noise.json): {warning}")
+        flags = metrics_flags(f"{RESULTS}/{acq}/qc/metrics.json")
+        if flags:
+            lines.append(f"  {acq}: WARNING (qc/metrics.json): residual diagnostics flag {', '.join(flags)}")
     return lines
 
 

@@ -26,3 +26,30 @@ rule noise_check:
         "../../envs/n2vpipe.yaml"
     script:
         "../scripts/noise_check.py"
+
+
+rule qc_metrics:
+    """After inference: residual (raw - denoised) diagnostics on a sample of blocks, against the noise check."""
+    input:
+        raw=raw_zarr,
+        denoised=f"{RESULTS}/{{acq}}/denoised.ome.zarr",
+        noise=f"{RESULTS}/{{acq}}/qc/noise.json",
+    output:
+        json=report(
+            f"{RESULTS}/{{acq}}/qc/metrics.json",
+            caption="../report/metrics.rst",
+            category="Residual diagnostics",
+            labels={"acquisition": "{acq}"},
+        ),
+    params:
+        qc=lambda wildcards: canonical(config["qc"]),
+    log:
+        f"{RESULTS}/{{acq}}/logs/qc_metrics.log",
+    threads: config["threads"]["report"]
+    resources:
+        mem_mb=mem_mb_for("report"),
+        runtime=runtime_for("report"),
+    conda:
+        "../../envs/n2vpipe.yaml"
+    script:
+        "../scripts/qc_metrics.py"
