@@ -41,8 +41,10 @@ rule all:
 
 
 onsuccess:
+    write_batch_summary()
     print(outputs_summary())
 
 
 onerror:
+    write_batch_summary()
     print(failure_summary(), file=sys.stderr)

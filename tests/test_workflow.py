@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import re
 import zipfile
@@ -187,6 +188,21 @@ def test_tiff_export_model_and_qc_exist(finished_run) -> None:
     assert not list(acq.glob(".*.partial")), "no partial outputs may remain after success"
 
 
+def test_batch_summary_has_a_row_per_acquisition(finished_run) -> None:
+    """results/summary.csv, written at the end of a run that failed for some inputs: finished acquisitions
+    with their facts, failed ones marked unfinished."""
+    folder, _, _ = finished_run
+    with open(folder / "results" / "summary.csv", newline="") as handle:
+        rows = {row["acquisition"]: row for row in csv.DictReader(handle)}
+    assert {"blobs", "flat", "twochannel", "inplace", "broken"} <= set(rows)
+    blobs = rows["blobs"]
+    assert blobs["status"] == "done" and blobs["shape"] == "32x64x64" and blobs["voxel_size"] == "0.25x0.1x0.1"
+    assert int(blobs["train_steps"]) == 80 and blobs["stopped_by"] == "steps"
+    assert float(blobs["inference_s"]) > 0 and float(blobs["voxels_per_s"]) > 0
+    assert blobs["denoised"].endswith("blobs/denoised.ome.zarr")
+    assert rows["broken"]["status"] == "unfinished"
+
+
 def test_demo_config_dry_run_plans_every_stage(tmp_path: Path) -> None:
     """The shipped config, as is, plans every stage for every bundled demo acquisition."""
     result = run_snakemake(["-n", "--cores", "2", "--config", f"results_dir={tmp_path}"], cwd=REPO)
@@ -194,6 +210,7 @@ def test_demo_config_dry_run_plans_every_stage(tmp_path: Path) -> None:
     demo = len(list((REPO / "data" / "demo").glob("*.tif")))
     stages = ("ingest", "train", "predict_part", "predict", "export_tiff", "qc_figure", "noise_check", "qc_metrics")
     assert {k: int(counts.get(k, 0)) for k in stages} == dict.fromkeys(stages, demo)
+    assert not (tmp_path / "summary.csv").exists(), "a dry run writes no summary"
 
 
 def test_noise_correlated_along_x_is_named_in_the_run_log_job_log_and_report(tmp_path: Path) -> None:

@@ -2,6 +2,7 @@
 
 import math
 import sys
+from types import SimpleNamespace
 
 import yaml
 
@@ -10,6 +11,7 @@ from snakemake.logging import logger
 from n2vpipe.io import is_ome_zarr
 from n2vpipe.noise import noise_warning
 from n2vpipe.metrics import metrics_flags
+from n2vpipe.summary import acquisition_row, write_summary
 from n2vpipe.discover import (
     RUN_ONLY,
     SAFE_NAME,
@@ -237,6 +239,14 @@ def noise_warnings():
         if flags:
             lines.append(f"  {acq}: WARNING (qc/metrics.json): residual diagnostics flag {', '.join(flags)}")
     return lines
+
+
+def write_batch_summary():
+    """results/summary.csv: one row per acquisition of this run (n2vpipe.summary), finished or not."""
+    if ACQUISITIONS:
+        rows = [acquisition_row(acq, Path(RESULTS) / acq, Path(raw_zarr(SimpleNamespace(acq=acq))))
+                for acq in ACQUISITIONS]
+        write_summary(Path(RESULTS) / "summary.csv", rows)
 
 
 def failure_summary():
