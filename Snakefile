@@ -34,6 +34,7 @@ include: "workflow/rules/ingest.smk"
 include: "workflow/rules/train.smk"
 include: "workflow/rules/predict.smk"
 include: "workflow/rules/report.smk"
+include: "workflow/rules/qc.smk"
 
 
 rule all:
@@ -44,8 +45,10 @@ rule all:
 
 
 onsuccess:
+    write_batch_summary()
     print(outputs_summary())
 
 
 onerror:
+    write_batch_summary()
     print(failure_summary(), file=sys.stderr)

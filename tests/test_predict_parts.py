@@ -18,7 +18,9 @@ from distributed import LocalCluster
 
 from n2vpipe.errors import InputError
 from n2vpipe.io import open_ome_zarr, partial_path
+from n2vpipe.metrics import check_residual, write_metrics
 from n2vpipe.model_io import WEIGHTS_FILE
+from n2vpipe.noise import check_noise, write_noise_report
 from n2vpipe.predict import (
     NonFiniteOutput,
     OutputEncoding,
@@ -196,15 +198,19 @@ def test_truncated_weights_fail_inference_naming_the_file(trained: tuple[Path, P
 
 
 def test_qc_figure_is_written_and_names_an_undecodable_chunk(trained: tuple[Path, Path], tmp_path: Path) -> None:
-    """The figure shows the central plane (z 8 of 16: chunk row 1 along Z); its picture is complete or absent."""
+    """The figure shows views through the centre (z 8 of 16: chunk row 1 along Z); its picture is complete or
+    absent."""
     raw, model = trained
     denoised = tmp_path / "denoised.ome.zarr"
     predict_volume(raw, model, denoised, CONFIG)
-    comparison_figure(raw, denoised, tmp_path / "qc.png")
+    noise, metrics = tmp_path / "noise.json", tmp_path / "metrics.json"
+    write_noise_report(noise, check_noise(raw, 4, 0.002, 0.1, 0))
+    write_metrics(metrics, check_residual(raw, denoised, noise, 4, 0.002, 0.1, 0))
+    comparison_figure(raw, denoised, noise, metrics, tmp_path / "qc.png")
     assert (tmp_path / "qc.png").read_bytes().startswith(b"\x89PNG")
     (denoised / "0" / "1" / "1" / "1").write_bytes(b"not a compressed chunk" * 8)
     with pytest.raises(InputError, match=rf"^{re.escape(str(denoised))}: array '0': chunk 1/1/1 cannot be decoded"):
-        comparison_figure(raw, denoised, tmp_path / "qc_again.png")
+        comparison_figure(raw, denoised, noise, metrics, tmp_path / "qc_again.png")
     assert not list(tmp_path.glob("qc_again.png*"))
 
 

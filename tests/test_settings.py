@@ -153,7 +153,7 @@ def _documented_rows() -> dict[str, tuple[str, str]]:
             section = heading.group(1) if heading else ""
         if line.startswith("Keys of each rule's entry"):
             section = "resources.*"
-        row = re.match(r"\| `(\w+)` \| (.+?) \| (.+?) \| .* \|$", line)
+        row = re.match(r"\| `(\w+)` \| (.+?) \| (.+?) \|.*\|$", line)
         if row:
             key = f"{section}.{row.group(1)}" if section else row.group(1)
             rows[key] = (row.group(2), row.group(3))
@@ -195,3 +195,24 @@ def test_config_yaml_leaves_every_setting_to_the_schema_default() -> None:
 @pytest.mark.parametrize("name", ["config.yaml", "demo.yaml"])
 def test_shipped_config_files_are_valid(name: str) -> None:
     jsonschema.validate(yaml.safe_load((REPO / "config" / name).read_text()), SCHEMA)
+
+
+SCHEMA_KEYWORDS = {"type", "default", "description", "enum", "minimum", "maximum", "exclusiveMinimum", "items",
+                   "minItems", "maxItems", "properties", "additionalProperties", "required", "$ref", "oneOf", "anyOf",
+                   "minLength", "pattern", "title", "examples"}
+
+
+def _property_specs(spec: dict[str, Any], path: str) -> list[tuple[str, dict[str, Any]]]:
+    """Every property spec under ``spec`` (recursively), with its dotted path."""
+    found = []
+    for key, sub in spec.get("properties", {}).items():
+        found += [(f"{path}{key}", sub), *_property_specs(sub, f"{path}{key}.")]
+    return found
+
+
+@pytest.mark.parametrize(("path", "spec"), _property_specs(SCHEMA, "") + [
+    (f"$defs.{name}", spec) for name, spec in SCHEMA["$defs"].items()])
+def test_every_schema_entry_uses_only_json_schema_keywords(path: str, spec: dict[str, Any]) -> None:
+    """A comma in an unquoted YAML flow-mapping description splits it into a stray key, which JSON Schema
+    ignores silently: the description is cut and the docs show half a sentence."""
+    assert set(spec) <= SCHEMA_KEYWORDS, f"{path}: {sorted(set(spec) - SCHEMA_KEYWORDS)}"

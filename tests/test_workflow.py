@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import csv
+import json
 import re
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +16,7 @@ import zarr
 from ome_zarr.io import parse_url
 from ome_zarr.reader import Reader
 from ome_zarr.writer import write_image
+from scipy import ndimage
 
 from conftest import REPO, run_snakemake
 from n2vpipe.io import open_ome_zarr, partial_path
@@ -178,6 +182,9 @@ def test_tiff_export_model_and_qc_exist(finished_run) -> None:
     with tifffile.TiffFile(acq / "denoised.tif") as tif:
         assert tif.series[0].axes == "ZCYX" and tif.series[0].shape == (16, 2, 32, 32)
     assert (acq / "qc" / "comparison.png").stat().st_size > 10_000
+    assert (acq / "qc" / "noise.png").stat().st_size > 10_000
+    assert [c["channel"] for c in json.loads((acq / "qc" / "noise.json").read_text())["channels"]] == [0, 1]
+    assert [c["channel"] for c in json.loads((acq / "qc" / "metrics.json").read_text())["channels"]] == [0, 1]
     assert {"weights.pt", "model.json", "loss.png", "training_log.csv"} <= {p.name for p in (acq / "model").iterdir()}
     assert not list(acq.glob(".*.partial")), "no partial outputs may remain after success"
 
@@ -200,14 +207,51 @@ def test_bioimageio_export_on_for_an_acquisition_writes_a_valid_package(finished
     assert not (results / "inplace" / "model.bioimageio.zip").exists()
 
 
+def test_batch_summary_has_a_row_per_acquisition(finished_run) -> None:
+    """results/summary.csv, written at the end of a run that failed for some inputs: finished acquisitions
+    with their facts, failed ones marked unfinished."""
+    folder, _, _ = finished_run
+    with open(folder / "results" / "summary.csv", newline="") as handle:
+        rows = {row["acquisition"]: row for row in csv.DictReader(handle)}
+    assert {"blobs", "flat", "twochannel", "inplace", "broken"} <= set(rows)
+    blobs = rows["blobs"]
+    assert blobs["status"] == "done" and blobs["shape"] == "32x64x64" and blobs["voxel_size"] == "0.25x0.1x0.1"
+    assert int(blobs["train_steps"]) == 80 and blobs["stopped_by"] == "steps"
+    assert float(blobs["inference_s"]) > 0 and float(blobs["voxels_per_s"]) > 0
+    assert blobs["denoised"].endswith("blobs/denoised.ome.zarr")
+    assert rows["broken"]["status"] == "unfinished"
+
+
 def test_demo_config_dry_run_plans_every_stage(tmp_path: Path) -> None:
     """The demo's config, as `make demo` passes it, plans every stage for every bundled demo acquisition."""
     result = run_snakemake(["-n", "--cores", "2", "--configfile", "config/demo.yaml",
                             "--config", f"results_dir={tmp_path}"], cwd=REPO)
     counts = dict(re.findall(r"^(\w+)\s+(\d+)$", result.stdout, flags=re.MULTILINE))
     demo = len(list((REPO / "data" / "demo").glob("*.tif")))
-    stages = ("ingest", "train", "predict_part", "predict", "export_tiff", "qc_figure")
+    stages = ("ingest", "train", "predict_part", "predict", "export_tiff", "qc_figure", "noise_check", "qc_metrics")
     assert {k: int(counts.get(k, 0)) for k in stages} == dict.fromkeys(stages, demo)
+    assert not (tmp_path / "summary.csv").exists(), "a dry run writes no summary"
+
+
+def test_noise_correlated_along_x_is_named_in_the_run_log_job_log_and_report(tmp_path: Path) -> None:
+    """The noise check of an acquisition with read noise averaged over 3 voxels along X warns, with the
+    struct mask to use, in its job log and the run's summary, and its figure is in the report."""
+    (tmp_path / "in").mkdir()
+    rng = np.random.default_rng(0)
+    read = ndimage.uniform_filter1d(rng.normal(0, 4, (32, 128, 128)), 3, axis=2) * np.sqrt(3)
+    tifffile.imwrite(tmp_path / "in" / "striped.tif", (poisson_gaussian(smooth_blobs((32, 128, 128), seed=0), seed=1,
+                                                                        read_noise=0) + read).astype(np.float32))
+    config = write_config(tmp_path, acquisitions={})
+    targets = [str(tmp_path / "results" / "striped" / "qc" / name) for name in ("noise.json", "noise.png")]
+    result = run_snakemake(["--configfile", str(config), "--cores", "1", *targets], cwd=tmp_path)
+    advice = "train:\n  struct_mask: [[1, 1, 1, 1, 1]]"
+    assert "striped: WARNING (qc/noise.json): noise is correlated along X" in result.stdout
+    assert advice in result.stdout
+    log = (tmp_path / "results" / "striped" / "logs" / "noise_check.log").read_text()
+    assert "WARNING" in log and advice in log
+    run_snakemake(["--configfile", str(config), "--report", str(tmp_path / "report.zip"), *targets], cwd=tmp_path)
+    with zipfile.ZipFile(tmp_path / "report.zip") as report:
+        assert any(name.endswith("noise.png") for name in report.namelist())
 
 
 def test_the_workflow_passes_snakemake_lint() -> None:

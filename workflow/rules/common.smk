@@ -2,6 +2,7 @@
 
 import math
 import sys
+from types import SimpleNamespace
 
 import yaml
 
@@ -218,6 +219,7 @@ def final_outputs():
 def outputs_of(acq):
     """The final files of one acquisition."""
     targets = [f"{RESULTS}/{acq}/denoised.ome.zarr", f"{RESULTS}/{acq}/qc/comparison.png"]
+    targets += [f"{RESULTS}/{acq}/qc/{name}" for name in ("noise.json", "noise.png", "metrics.json")]
     if config_for(config, acq)["export"]["tiff"]:
         targets.append(f"{RESULTS}/{acq}/denoised.tif")
     if config_for(config, acq)["export"]["bioimageio"]:
@@ -239,7 +241,35 @@ def outputs_summary():
     lines = [f"n2vpipe: results for {len(ACQUISITIONS)} acquisition(s) under {os.path.abspath(RESULTS)}"]
     for acq in ACQUISITIONS:
         lines.append(f"  {acq}: denoised.ome.zarr (open in napari/Fiji), model/, qc/comparison.png, logs/")
-    return "\n".join(lines + left_out_summary())
+    return "\n".join(lines + noise_warnings() + left_out_summary())
+
+
+def noise_warnings():
+    """Lines naming acquisitions whose noise check (qc/noise.json) found correlated noise left unhidden,
+    or whose residual diagnostics (qc/metrics.json) raise flags. (Imported here, at the end of a run:
+    these modules load numpy, which parsing the workflow should not.)"""
+    from n2vpipe.metrics import metrics_flags
+    from n2vpipe.noise import noise_warning
+
+    lines = []
+    for acq in ACQUISITIONS:
+        warning = noise_warning(f"{RESULTS}/{acq}/qc/noise.json")
+        if warning:
+            lines.append(f"  {acq}: WARNING (qc/noise.json): {warning}")
+        flags = metrics_flags(f"{RESULTS}/{acq}/qc/metrics.json")
+        if flags:
+            lines.append(f"  {acq}: WARNING (qc/metrics.json): residual diagnostics flag {', '.join(flags)}")
+    return lines
+
+
+def write_batch_summary():
+    """results/summary.csv: one row per acquisition of this run (n2vpipe.summary), finished or not."""
+    from n2vpipe.summary import acquisition_row, write_summary
+
+    if ACQUISITIONS:
+        rows = [acquisition_row(acq, Path(RESULTS) / acq, Path(raw_zarr(SimpleNamespace(acq=acq))))
+                for acq in ACQUISITIONS]
+        write_summary(Path(RESULTS) / "summary.csv", rows)
 
 
 def failure_summary():
@@ -251,4 +281,4 @@ def failure_summary():
     ]
     for acq in unfinished:
         lines.append(f"  {acq}: logs in {os.path.abspath(os.path.join(RESULTS, acq, 'logs'))}")
-    return "\n".join(lines + left_out_summary())
+    return "\n".join(lines + noise_warnings() + left_out_summary())

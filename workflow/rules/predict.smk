@@ -14,6 +14,8 @@ rule predict_part:
         parts=r"\d+",
     log:
         f"{RESULTS}/{{acq}}/logs/predict_part{{part}}-of-{{parts}}.log",
+    benchmark:
+        f"{RESULTS}/{{acq}}/logs/predict_part{{part}}-of-{{parts}}.benchmark.tsv"
     threads: config["threads"]["predict"]
     resources:
         mem_mb=mem_mb_for("predict"),

@@ -17,10 +17,12 @@ rule export_tiff:
 
 
 rule qc_figure:
-    """Raw and denoised central planes side by side."""
+    """Raw, denoised and residual XY/XZ/YZ views through the centre, a 1:1 crop and histograms, with the QC numbers."""
     input:
         raw=raw_zarr,
         denoised=f"{RESULTS}/{{acq}}/denoised.ome.zarr",
+        noise=f"{RESULTS}/{{acq}}/qc/noise.json",
+        metrics=f"{RESULTS}/{{acq}}/qc/metrics.json",
     output:
         png=report(
             f"{RESULTS}/{{acq}}/qc/comparison.png",
