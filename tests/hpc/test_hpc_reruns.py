@@ -27,7 +27,7 @@ from .conftest import (
 )
 
 pytestmark = pytest.mark.workflow
-INFERENCE = ("predict_part", "predict", "export_tiff", "qc_figure")
+INFERENCE = ("predict_part", "predict", "export_tiff", "qc_figure", "qc_metrics")
 
 
 @dataclass
