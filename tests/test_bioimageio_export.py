@@ -24,9 +24,8 @@ from n2vpipe.errors import InputError
 from n2vpipe.ingest import ingest_tiff
 from n2vpipe.io import open_ome_zarr, partial_path
 from n2vpipe.predict import PredictConfig, predict_volume
-from n2vpipe.qc import comparison_figure
 from synthetic import poisson_gaussian, smooth_blobs
-from tiny import tiny_model
+from tiny import qc_figure, tiny_model
 
 CHUNKS = {"z": 8, "y": 32, "x": 32}
 VOXEL = {"z": 0.6, "y": 0.2, "x": 0.2}
@@ -57,7 +56,7 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> Path:
     tiny_model(folder / "raw.ome.zarr", folder / "model", {"z": 8, "y": 16, "x": 16}, steps=4)
     predict_volume(folder / "raw.ome.zarr", folder / "model", folder / "denoised.ome.zarr",
                    PredictConfig(block=CHUNKS, pyramid_levels=1, precision="float32", device="cpu"))
-    comparison_figure(folder / "raw.ome.zarr", folder / "denoised.ome.zarr", folder / "comparison.png")
+    qc_figure(folder / "raw.ome.zarr", folder / "denoised.ome.zarr", folder / "comparison.png")
     return folder
 
 

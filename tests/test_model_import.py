@@ -16,9 +16,8 @@ from n2vpipe.errors import InputError
 from n2vpipe.io import partial_path
 from n2vpipe.model_import import import_model
 from n2vpipe.model_io import WEIGHTS_FILE, load_model
-from n2vpipe.qc import comparison_figure
 from synthetic import poisson_gaussian, smooth_blobs
-from tiny import noisy_raw_zarr, tiny_model
+from tiny import noisy_raw_zarr, qc_figure, tiny_model
 
 CHUNKS = {"z": 8, "y": 32, "x": 32}
 
@@ -49,7 +48,7 @@ def test_a_model_folder_is_checked_and_copied(source: Path, other_3d: Path, tmp_
 
 def test_an_n2vpipe_package_gives_back_the_same_model(source: Path, other_3d: Path, tmp_path: Path) -> None:
     cover = tmp_path / "cover.png"
-    comparison_figure(source / "raw.ome.zarr", source / "raw.ome.zarr", cover)
+    qc_figure(source / "raw.ome.zarr", source / "raw.ome.zarr", cover)
     package = tmp_path / "model.bioimageio.zip"
     export_bioimageio(source / "raw.ome.zarr", source / "model", cover, package, "source")
     dst = tmp_path / "imported_model"
