@@ -116,7 +116,7 @@ def expand_jobs(rules: Sequence[str], acqs: Sequence[str]) -> set[tuple[str, str
     return {(rule, acq) for rule in rules for acq in acqs}
 
 
-ALL_RULES = ("ingest", "train", "predict_part", "predict", "export_tiff", "qc_figure")
+ALL_RULES = ("ingest", "noise_check", "train", "predict_part", "predict", "qc_metrics", "export_tiff", "qc_figure")
 
 
 # ---------------------------------------------------------------- SLURM
