@@ -55,7 +55,9 @@ def reasons(skipped: list[SkippedInput]) -> dict[str, str]:
         ("sample" + "a" * 32, "ends in 'a' repeated 32 times"),
         ("x" + "ab" * 20, "ends in 'ab' repeated 20 times"),
         ("", "empty"),
-        ("logs", "the pipeline's own folder"),
+        ("logs", "the pipeline's own folder in results_dir (the cron logs)"),
+        ("summary.html", "the pipeline's own batch summary page"),
+        ("summary.csv", "the pipeline's own batch summary table"),
         ("logs2", None),
     ],
 )

@@ -11,7 +11,7 @@ import numpy as np
 from n2vpipe.io import blosc_compressor, create_ome_zarr, open_ome_zarr
 from n2vpipe.metrics import check_residual, write_metrics
 from n2vpipe.noise import check_noise, write_noise_report
-from n2vpipe.summary import COLUMNS, acquisition_row, write_summary
+from n2vpipe.summary import COLUMNS, acquisition_row, summary_html, write_summary
 from tiny import noisy_raw_zarr, tiny_model
 
 BENCHMARK_TSV = ("s\th:m:s\tmax_rss\tmax_vms\tmax_uss\tmax_pss\tio_in\tio_out\tmean_load\tcpu_time\n"
@@ -48,3 +48,12 @@ def test_rows_of_a_finished_and_an_unfinished_acquisition(tmp_path: Path) -> Non
     with open(tmp_path / "summary.csv", newline="") as handle:
         read = list(csv.DictReader(handle))
     assert tuple(read[0]) == COLUMNS and [r["acquisition"] for r in read] == ["done", "broken"]
+
+
+def test_summary_page_escapes_cells_and_highlights_rows_that_need_a_look() -> None:
+    rows = [{**dict.fromkeys(COLUMNS, ""), "acquisition": "a<b", "status": "done"},
+            {**dict.fromkeys(COLUMNS, ""), "acquisition": "c", "status": "done", "flags": "checkerboard"},
+            {**dict.fromkeys(COLUMNS, ""), "acquisition": "d", "status": "unfinished"}]
+    page = summary_html(rows)
+    assert "<td>a&lt;b</td>" in page and "a<b" not in page
+    assert page.count('<tr class="attention">') == 2 and page.count("<tr>") == 2, "header and the quiet row"

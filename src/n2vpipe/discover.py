@@ -25,8 +25,10 @@ SAFE_NAME = r"[A-Za-z0-9_][A-Za-z0-9_.\-]*"
 SAFE_CHARACTERS = frozenset(string.ascii_letters + string.digits + "_.-")
 """The characters :data:`SAFE_NAME` allows."""
 
-RESERVED_NAMES = frozenset({"logs"})
-"""Names of results_dir's own folders, which no acquisition may take (``results_dir/logs/cron``)."""
+RESERVED_NAMES = {"logs": "folder in results_dir (the cron logs)",
+                  "summary.csv": "batch summary table in results_dir",
+                  "summary.html": "batch summary page in results_dir"}
+"""Names of results_dir's own entries, which no acquisition may take, and what each one is."""
 
 
 @functools.cache
@@ -76,7 +78,7 @@ def name_problem(name: str) -> str | None:
     if name.startswith("-"):
         return "its name starts with '-' (command-line tools would take it for an option); rename it"
     if name in RESERVED_NAMES:
-        return f"its name {name!r} is the pipeline's own folder in results_dir (the cron logs); rename it"
+        return f"its name {name!r} is the pipeline's own {RESERVED_NAMES[name]}; rename it"
     unsafe = sorted(set(name) - SAFE_CHARACTERS)
     if unsafe:
         listed = ", ".join(repr(character) for character in unsafe)

@@ -8,6 +8,7 @@ yet leaves its columns empty and the row's status says how far the acquisition g
 from __future__ import annotations
 
 import csv
+import html
 import io
 import json
 import math
@@ -95,3 +96,26 @@ def write_summary(path: Path, rows: Sequence[Mapping[str, Any]]) -> None:
     writer.writeheader()
     writer.writerows(rows)
     write_bytes_atomic(path, buffer.getvalue().encode())
+
+
+def summary_html(rows: Sequence[Mapping[str, Any]]) -> str:
+    """``rows`` as a standalone HTML page with one table (columns :data:`COLUMNS`), flagged rows highlighted,
+    for ``snakemake --report``."""
+    head = "".join(f"<th>{html.escape(name)}</th>" for name in COLUMNS)
+    body = []
+    for row in rows:
+        attention = row["flags"] or row["status"] != "done"
+        cells = "".join(f"<td>{html.escape(str(row[name]))}</td>" for name in COLUMNS)
+        body.append(f'<tr class="attention">{cells}</tr>' if attention else f"<tr>{cells}</tr>")
+    return ("<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>n2vpipe batch summary</title><style>"
+            "body{font-family:sans-serif;font-size:13px}table{border-collapse:collapse}"
+            "th,td{border:1px solid #ccc;padding:2px 6px;text-align:left}tr.attention{background:#fde2c4}"
+            "</style></head><body>\n"
+            f"<p>{len(rows)} acquisition(s); highlighted: flagged or unfinished (docs/qc.md)</p>\n"
+            f"<table>\n<thead><tr>{head}</tr></thead>\n<tbody>\n" + "\n".join(body) + "\n</tbody></table>\n"
+            "</body></html>\n")
+
+
+def write_summary_html(path: Path, rows: Sequence[Mapping[str, Any]]) -> None:
+    """Write :func:`summary_html` of ``rows`` to ``path`` atomically."""
+    write_bytes_atomic(path, summary_html(rows).encode())

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tifffile
+from scipy import ndimage
 
 from .conftest import (
     ALL_RULES,
@@ -198,6 +199,48 @@ def test_failed_acquisition_is_reported_and_retried_without_blocking_new_ones(cr
     assert second.returncode != 0, describe(second, cron)
     assert jobs_in(cron.last_log()) == expand_jobs(ALL_RULES, ["f"]) | {("ingest", "broken")}
     assert cron.complete("f")
+
+
+def write_striped_volume(path: Path, seed: int = 7, shape: tuple[int, int, int] = (16, 64, 64)) -> Path:
+    """A small uint16 ZYX TIFF whose read noise is averaged over 3 voxels along X (camera stripes)."""
+    rng = np.random.default_rng(seed)
+    read = ndimage.uniform_filter1d(rng.normal(0.0, 20.0, shape), 3, axis=2, mode="wrap") * np.sqrt(3)
+    noisy = rng.poisson(200, shape) + read + 100
+    tifffile.imwrite(path, np.clip(noisy, 0, 65535).astype(np.uint16), imagej=True, metadata={"axes": "ZYX"})
+    return path
+
+
+def test_run_summary_names_processed_failed_flagged_and_skipped_acquisitions(cron: Cron) -> None:
+    """One striped acquisition (processed, flagged), one broken (failed), one bad name (skipped)."""
+    write_striped_volume(cron.inputs / "stripes.tif")
+    (cron.inputs / "broken.tif").write_bytes(b"this is not a TIFF file")
+    write_volume(cron.inputs / "bad name.tif")
+    settle()
+    result = cron.run()
+    assert result.returncode != 0, describe(result, cron)
+    latest = cron.results / "logs" / "cron" / "latest-summary.txt"
+    assert f"n2vpipe-cron: run summary: {latest}" in result.stdout, describe(result, cron)
+    text = latest.read_text()
+    assert text in cron.last_log(), "the run's log ends with its summary"
+    lines = text.splitlines()
+    assert lines[0] == f"n2vpipe run summary: FAILED (snakemake exit status 1); results {cron.results}"
+    assert "  processed 1: stripes" in lines and "  failed 1: broken" in lines, text
+    assert f"    broken: logs in {cron.results / 'broken' / 'logs'}" in lines, text
+    assert "  flagged 1: stripes" in lines, text
+    flagged = next(line for line in lines if line.startswith("    stripes: "))
+    assert flagged.startswith("    stripes: correlated_noise"), text
+    assert str(cron.results / "stripes" / "qc" / "noise.json") in flagged, text
+    assert "  skipped 1" in lines, text
+    assert any("bad name.tif: skipped, its name contains ' '" in line for line in lines), text
+    assert len(lines) < 20, "a summary read in a minute"
+
+    (cron.inputs / "broken.tif").unlink()
+    again = cron.run()
+    assert again.returncode == 0 and again.stdout == "", describe(again, cron)
+    text = latest.read_text()
+    assert text.startswith("n2vpipe run summary: ok;") and text in cron.last_log(), text
+    assert "  processed 0" in text and "  failed 0" in text and "  already done, unchanged: 1" in text, text
+    assert "  flagged 1: stripes" in text, "a flag stays in the summary while the acquisition is in the input"
 
 
 def test_usage_errors_exit_2(cron: Cron) -> None:

@@ -24,6 +24,10 @@
 #   are printed once, by the first run that sees them; later runs stay silent about them
 #   (RESULTS_DIR/logs/cron/skipped-inputs.reported lists those already reported). One that
 #   goes away is forgotten, and printed again should it come back.
+# * Each run ends its log with a short summary (n2vpipe.run_summary, from results/summary.csv):
+#   acquisitions processed, failed, flagged by the quality checks (and the files to look at),
+#   skipped and waiting. RESULTS_DIR/logs/cron/latest-summary.txt holds the newest (a failed
+#   run names it).
 #
 # Environment (all optional):
 #   N2VPIPE_PROFILE     snakemake profile, default "slurm" (slurm/config.v8+.yaml);
@@ -34,6 +38,8 @@
 #   N2VPIPE_SNAKEMAKE   snakemake executable (default: .venv/bin/snakemake of this
 #                       repository if there is one, else snakemake on PATH)
 #   N2VPIPE_LOG_DAYS    delete this script's logs older than this many days (default 30; 0 = keep)
+#   N2VPIPE_PYTHON      Python with n2vpipe's dependencies, for the run summary (default: the
+#                       python beside the snakemake executable, else python3 on PATH)
 # Exit status: 0 = done, nothing to do, or another run active; 2 = usage error;
 # otherwise snakemake's (1 = a job failed).
 set -euo pipefail
@@ -81,6 +87,8 @@ if [[ -z "$snakemake_cmd" ]]; then
     fi
 fi
 command -v "$snakemake_cmd" >/dev/null || fail "snakemake not found ($snakemake_cmd); set N2VPIPE_SNAKEMAKE or PATH"
+python_cmd="${N2VPIPE_PYTHON:-$(dirname "$(command -v "$snakemake_cmd")")/python}"
+[[ -n "${N2VPIPE_PYTHON:-}" || -x "$python_cmd" ]] || python_cmd="python3"
 
 # An unmounted/missing input folder is worth a mail: exit 1.
 if [[ ! -d "$input_arg" ]]; then
@@ -159,6 +167,7 @@ args+=(--keep-going --rerun-incomplete --configfile "${configfiles[@]}")
 } >"$log"
 
 rc=0
+started="$(date +%s)"
 (cd "$repo" && exec "$snakemake_cmd" "${args[@]}" "$@") >>"$log" 2>&1 </dev/null || rc=$?
 printf 'n2vpipe-cron: snakemake exit status %s\n' "$rc" >>"$log"
 
@@ -186,6 +195,19 @@ report_skips() {
     fi
 }
 
+# ---------------------------------------------------------------- run summary
+summary_file="$log_dir/latest-summary.txt"
+summary=""
+if summary="$(PYTHONPATH="$repo/src${PYTHONPATH:+:$PYTHONPATH}" "$python_cmd" -m n2vpipe.run_summary \
+    --results "$results_dir" --log "$log" --since "$started" --exit-status "$rc" \
+    --output "$summary_file" 2>>"$log")"; then
+    printf '%s\n' "$summary" >>"$log"
+else
+    printf 'n2vpipe-cron: could not write the run summary %s with %s (its error is above)\n' \
+        "$summary_file" "$python_cmd" >>"$log"
+    summary=""
+fi
+
 if ((log_days > 0)); then
     find "$log_dir" -maxdepth 1 -type f \( -name '*.log' -o -name '*.config.yaml' \) \
         -mtime +"$log_days" -delete 2>/dev/null || true
@@ -211,6 +233,7 @@ if ((rc != 0)); then
     grep -E '^n2vpipe: |^  [^ ]+: (logs in|not complete)' "$log" |
         grep -v -E '^n2vpipe: (.*: skipped, |discovery: )' || true
     report_skips
+    if [[ -n "$summary" ]]; then printf 'n2vpipe-cron: run summary: %s\n' "$summary_file"; fi
     exit "$rc"
 fi
 report_skips

@@ -213,6 +213,8 @@ def final_outputs():
     targets = []
     for acq in ACQUISITIONS:
         targets.extend(outputs_of(acq))
+    if ACQUISITIONS:
+        targets.append(f"{RESULTS}/summary.html")  # the report's summary table (qc.smk)
     return targets
 
 

@@ -53,3 +53,27 @@ rule qc_metrics:
         "../../envs/n2vpipe.yaml"
     script:
         "../scripts/qc_metrics.py"
+
+
+rule batch_summary:
+    """The batch summary (one row per acquisition, as results/summary.csv) as a table page in the report."""
+    input:
+        lambda wildcards: [
+            f"{RESULTS}/{acq}/qc/{name}" for acq in ACQUISITIONS for name in ("noise.json", "metrics.json")
+        ],
+    output:
+        html=report(
+            f"{RESULTS}/summary.html",
+            caption="../report/summary.rst",
+            category="Batch summary",
+        ),
+    params:
+        results=lambda wildcards, output: os.path.dirname(output.html),
+        raw=lambda wildcards: {acq: raw_zarr(SimpleNamespace(acq=acq)) for acq in ACQUISITIONS},
+    log:
+        f"{RESULTS}/logs/batch_summary.log",
+    localrule: True
+    conda:
+        "../../envs/n2vpipe.yaml"
+    script:
+        "../scripts/batch_summary.py"
