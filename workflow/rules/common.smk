@@ -99,10 +99,28 @@ def model_source(wildcards):
     folder it is spelled as rule train's output (so another acquisition's model/ is trained first), elsewhere
     as an absolute path."""
     source = config_for(config, wildcards.acq)["model"]
-    if not source:
-        return ""
+    return model_input_path(source) if source else ""
+
+
+def model_input_path(source):
+    """A model path as rules name it: inside the results folder spelled as rule train's output (so that the
+    model is made first), elsewhere absolute."""
     inside = os.path.relpath(os.path.abspath(source), os.path.abspath(RESULTS))
     return f"{RESULTS}/{inside}" if not inside.startswith(os.pardir) else os.path.abspath(source)
+
+
+def init_input(wildcards):
+    """unpack() input of rule train: {"init": the model config train.init_from names} (another acquisition's
+    model/, which is then trained first, when it names an acquisition), or {} for a start from scratch."""
+    source = config_for(config, wildcards.acq)["train"]["init_from"]
+    if not source:
+        return {}
+    if source == wildcards.acq:
+        raise ValueError(f"n2vpipe: acquisition {source!r} sets train.init_from to itself; name another "
+                         "acquisition, a model/ folder or a package, or remove it")
+    if source in DISCOVERED or source in config["acquisitions"]:
+        return {"init": f"{RESULTS}/{source}/model"}
+    return {"init": model_input_path(source)}
 
 
 def model_dir(wildcards):

@@ -1,6 +1,8 @@
 rule train:
-    """Train one Noise2Void model on the acquisition's own noisy voxels (GPU when there is one)."""
+    """Train one Noise2Void model on the acquisition's own noisy voxels (GPU when there is one), from random
+    weights or from those of train.init_from (input init)."""
     input:
+        unpack(init_input),
         zarr=raw_zarr,
     output:
         model=directory(f"{RESULTS}/{{acq}}/model"),
