@@ -22,8 +22,9 @@ rule train:
 
 
 rule import_model:
-    """Use config model: (another acquisition's model/ folder or an n2vpipe bioimage.io package) instead of
-    training: checked against the acquisition's axes and channels, copied into imported_model/."""
+    """Use config model: (another acquisition's model/ folder or an n2vpipe bioimage.io package) or model_from:
+    (another acquisition's model/) instead of training: checked against the acquisition's axes and channels,
+    copied into imported_model/."""
     input:
         zarr=raw_zarr,
         source=model_source,
