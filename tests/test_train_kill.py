@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import shutil
 import signal
 import subprocess
 import sys
@@ -178,3 +179,58 @@ def test_killed_training_with_weight_averaging_resumes_to_the_uninterrupted_aver
     _assert_equal_weights(model_dir, uninterrupted_averaged_weights)
     assert not all(torch.equal(uninterrupted_averaged_weights[k], uninterrupted_weights[k])
                    for k in uninterrupted_weights), "the average is not the raw weights"
+
+
+@pytest.fixture(scope="module")
+def start_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A model of the same network, trained for a few steps on another volume: what warm starts start from."""
+    folder = tmp_path_factory.mktemp("start")
+    raw = noisy_raw_zarr(folder, (128, 128), {"y": 32, "x": 32}, seed=7)
+    process = _start_training(raw, folder / "model", "start", steps=10)
+    assert process.wait(timeout=300) == 0, (folder / "start.out").read_text()
+    return folder / "model"
+
+
+def test_killed_warm_started_training_resumes_from_its_own_checkpoint(
+        raw_zarr_2d: Path, start_model: Path, uninterrupted_weights: dict[str, torch.Tensor], tmp_path: Path) -> None:
+    """A warm-started run killed after its checkpoint resumes from that checkpoint (not from the start model's
+    weights again) and ends with the weights of an uninterrupted warm-started run."""
+    uninterrupted = tmp_path / "uninterrupted" / "model"
+    uninterrupted.parent.mkdir()
+    process = _start_training(raw_zarr_2d, uninterrupted, "uninterrupted", init_from=str(start_model))
+    assert process.wait(timeout=300) == 0, (uninterrupted.parent / "uninterrupted.out").read_text()
+    warm_weights = torch.load(uninterrupted / "weights.pt", weights_only=True)
+    assert not all(torch.equal(warm_weights[k], uninterrupted_weights[k]) for k in warm_weights)
+
+    model_dir = tmp_path / "model"
+    partial = partial_path(model_dir)
+    first = _start_training(raw_zarr_2d, model_dir, "first", init_from=str(start_model))
+    _signal_when(first, lambda: _checkpoint_step(partial / CHECKPOINT_FILE) >= 30, signal.SIGKILL)
+    first.wait()
+    checkpoint = torch.load(partial / CHECKPOINT_FILE, weights_only=True)
+    assert checkpoint["warm_start"]["source"] == str(start_model)
+    second = _start_training(raw_zarr_2d, model_dir, "second", init_from=str(start_model))
+    assert second.wait(timeout=300) == 0, (tmp_path / "second.out").read_text()
+    assert f"resuming from {partial / CHECKPOINT_FILE} at step {checkpoint['step']}" in \
+        (tmp_path / "second.log").read_text()
+    _assert_equal_weights(model_dir, warm_weights)
+    assert json.loads((model_dir / "model.json").read_text())["training"]["warm_start"] == checkpoint["warm_start"]
+
+
+def test_a_checkpoint_from_other_start_weights_is_not_resumed(
+        raw_zarr_2d: Path, start_model: Path, uninterrupted_weights: dict[str, torch.Tensor], tmp_path: Path) -> None:
+    """The model a killed run started from was retrained before the rerun (same path, other weights): the
+    checkpoint belongs to the old weights, so the rerun discards it, says why, and starts from the new ones."""
+    source = tmp_path / "source"
+    shutil.copytree(start_model, source)
+    model_dir = tmp_path / "model"
+    partial = partial_path(model_dir)
+    first = _start_training(raw_zarr_2d, model_dir, "first", init_from=str(source))
+    _signal_when(first, lambda: _checkpoint_step(partial / CHECKPOINT_FILE) >= 10, signal.SIGKILL)
+    first.wait()
+    torch.save(uninterrupted_weights, source / "weights.pt")
+    second = _start_training(raw_zarr_2d, model_dir, "second", init_from=str(source))
+    assert second.wait(timeout=300) == 0, (tmp_path / "second.out").read_text()
+    log = (tmp_path / "second.log").read_text()
+    assert "it was written with other training settings (the weights started from:" in log
+    assert "resuming from" not in log

@@ -231,6 +231,35 @@ def unmatched_overrides(override_names: Iterable[str], input_names: Collection[s
     return warnings
 
 
+def model_from_source(config: Mapping[str, Any], acquisition: str) -> str:
+    """The acquisition whose model ``acquisition`` uses (config ``model_from``); empty when it trains its own
+    (unset, or naming itself: a global ``model_from: day1`` leaves day1 training)."""
+    source = config_for(config, acquisition).get("model_from", "")
+    return "" if source == acquisition else source
+
+
+def model_from_problems(config: Mapping[str, Any], input_names: Collection[str]) -> list[str]:
+    """A sentence for each acquisition in ``input_names`` whose ``model_from`` cannot be followed: it names no
+    input (with the closest name), an acquisition that takes its model from elsewhere too, or sits beside
+    ``model:``."""
+    problems = []
+    for name in input_names:
+        source = model_from_source(config, name)
+        if not source:
+            continue
+        if config_for(config, name).get("model"):
+            problems.append(f"acquisition {name!r} sets both model: and model_from: {source!r}; keep one of them")
+        elif source not in input_names:
+            closest = difflib.get_close_matches(source, sorted(input_names), n=1)
+            hint = f"did you mean {closest[0]!r}?" if closest else "no input has a similar name"
+            problems.append(f"acquisition {name!r}: model_from: {source!r} names no acquisition found in "
+                            f"{config['input_dir']} ({hint}); give the name of an acquisition trained in this run")
+        elif model_from_source(config, source) or config_for(config, source).get("model"):
+            problems.append(f"acquisition {name!r}: model_from: {source!r} names an acquisition that trains no model "
+                            "of its own (it sets model: or model_from: too); name the acquisition that trains it")
+    return problems
+
+
 def deep_merge(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
     """A copy of ``base`` with ``override`` merged in, recursing into nested mappings."""
     merged = copy.deepcopy(dict(base))

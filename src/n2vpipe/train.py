@@ -20,6 +20,7 @@ import contextlib
 import copy
 import csv
 import dataclasses
+import hashlib
 import io
 import itertools
 import logging
@@ -53,6 +54,7 @@ from n2vpipe.io import (
     write_bytes_atomic,
 )
 from n2vpipe.masking import apply_blind_spots, mask_batch, struct_offsets
+from n2vpipe.model_import import read_model
 from n2vpipe.model_io import ModelDescription, Normalisation, save_model
 from n2vpipe.qc import plot_training_log
 from n2vpipe.unet import UNet, UNetSpec, anisotropic_pooling, memory_format, total_downsampling
@@ -127,6 +129,7 @@ class TrainConfig(ConfigSection):
     early_stopping_min_delta: float = 0.0
     lr_schedule: Literal["cosine", "constant"] = "cosine"
     ema_decay: float = 0.0
+    init_from: str = ""
 
     def __post_init__(self) -> None:
         """Reject values outside what ``config/schema.yaml`` allows, so that a library caller meets the
@@ -317,6 +320,50 @@ def build_spec(config: TrainConfig, meta: ImageMeta) -> UNetSpec:
                     batch_norm=config.batch_norm, pooling=pooling, n2v2=config.variant == "n2v2")
 
 
+WARM_START_MATCH: tuple[tuple[str, str], ...] = (
+    ("ndim", "dimensionality (spatial axes)"), ("depth", "train.depth"), ("base_filters", "train.base_filters"),
+    ("batch_norm", "train.batch_norm"), ("n2v2", "train.variant (n2v2)"),
+)
+"""The network settings (:class:`~n2vpipe.unet.UNetSpec` field, the setting it comes from) a warm start's
+model must share with the network being trained; pooling may differ (it holds no weights)."""
+
+
+@dataclass(frozen=True)
+class WarmStart:
+    """The weights training starts from (``train.init_from``) and, as ``record``, where they came from."""
+
+    weights: dict[str, torch.Tensor]
+    record: dict[str, Any]
+
+
+def weights_digest(weights: Mapping[str, torch.Tensor]) -> str:
+    """SHA-256 over the names and bytes of ``weights``, in name order: which weights a run started from."""
+    digest = hashlib.sha256()
+    for name in sorted(weights):
+        digest.update(name.encode())
+        digest.update(weights[name].detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
+def warm_start(source: Path, spec: UNetSpec, meta: ImageMeta, zarr_path: Path) -> WarmStart:
+    """The weights of the model folder or n2vpipe package ``source``, checked to fit the network ``spec`` and the
+    channels of the acquisition at ``zarr_path``; a mismatch raises :class:`InputError` naming both sides and the
+    setting. The model's normalisation is not taken: training normalises with the acquisition's own."""
+    description, weights = read_model(source, "train.init_from")
+    for name, setting in WARM_START_MATCH:
+        theirs, ours = getattr(description.spec, name), getattr(spec, name)
+        if theirs != ours:
+            raise InputError(f"{source}: the model to start from has {name} {theirs}, but training on {zarr_path} "
+                             f"builds a network with {name} {ours} ({setting}): make them equal for this "
+                             "acquisition, or remove train.init_from")
+    channels = len(description.normalisation.mean)
+    if channels != meta.size("c"):
+        raise InputError(f"{source}: the model to start from was trained on {channels} channel(s), but {zarr_path} "
+                         f"has {meta.size('c')}: start from a model with as many channels, or remove train.init_from")
+    return WarmStart(weights, {"source": str(source), "weights_sha256": weights_digest(weights),
+                               "trained_on": description.training.get("source")})
+
+
 def budget_progress(config: TrainConfig, step: int, elapsed_s: float) -> float:
     """How far training is through its budget (0 to 1): the further along of ``steps`` and ``max_minutes``."""
     fractions = [step / config.steps]
@@ -477,10 +524,12 @@ class TrainingState:
     pool: PatchPool
     best: BestValidation
     average: WeightAverage
+    warm_start: dict[str, Any] | None = None
 
     def state_dict(self) -> dict[str, Any]:
         """Checkpoint form: tensors and plain values only."""
         state = {
+            "warm_start": self.warm_start,
             "model": self.model.state_dict(),
             "average": self.average.model.state_dict(),
             "best": self.best.state_dict(),
@@ -562,6 +611,8 @@ def _resume(checkpoint: Path, config: TrainConfig, state: TrainingState, device:
         checkpoint.unlink()
         return LoopPosition()
     changed = _changed_settings(saved["config"], config.to_dict())
+    if saved.get("warm_start") != state.warm_start:
+        changed.append(f"the weights started from: {saved.get('warm_start')} -> {state.warm_start}")
     if changed:
         log.warning("discarding %s: it was written with other training settings (%s); training starts afresh",
                     checkpoint, "; ".join(changed))
@@ -647,12 +698,17 @@ def train_n2v(zarr_path: Path, model_dir: Path, config: TrainConfig, threads: in
                                          np.random.default_rng(config.seed + 2), device)
     elif config.early_stopping_patience:
         log.warning("early stopping is off: the volume is too small to hold out a validation region")
-    model = UNet(spec).to(device, memory_format=memory_format(spec.ndim))
+    start = warm_start(Path(config.init_from), spec, meta, zarr_path) if config.init_from else None
+    model = UNet(spec)
+    if start is not None:
+        model.load_state_dict(start.weights)
+        log.info("starting from the weights of %s (normalisation: this acquisition's own)", config.init_from)
+    model = model.to(device, memory_format=memory_format(spec.ndim))
     optimizer = torch.optim.Adam(model.parameters(), lr=config.learning_rate)
     arithmetic = autocast_dtype(config.precision, device)
     scaler = torch.amp.GradScaler(device.type, enabled=arithmetic is torch.float16)
     state = TrainingState(model, optimizer, scaler, rng, pool, BestValidation(config.early_stopping_min_delta),
-                          WeightAverage(model, config.ema_decay))
+                          WeightAverage(model, config.ema_decay), start.record if start else None)
     with atomic_output(model_dir, keep_partial_on_error=True) as partial:
         partial.mkdir(parents=True, exist_ok=True)
         checkpoint = partial / CHECKPOINT_FILE
@@ -669,7 +725,8 @@ def train_n2v(zarr_path: Path, model_dir: Path, config: TrainConfig, threads: in
         description = ModelDescription(spec=spec, normalisation=normalisation, spatial_axes=meta.spatial_axes,
                                        training={**config.to_dict(), "effective_patch": list(patch),
                                                  "source": str(zarr_path), "device": str(device),
-                                                 "arithmetic": arithmetic_name(arithmetic)},
+                                                 "arithmetic": arithmetic_name(arithmetic),
+                                                 "warm_start": state.warm_start},
                                        history=history)
         model.eval()
         save_model(model, description, partial)

@@ -17,6 +17,8 @@ from n2vpipe.discover import (
     config_for,
     discover_acquisitions,
     folder_problems,
+    model_from_problems,
+    model_from_source,
     split_arrived,
     unmatched_overrides,
 )
@@ -40,6 +42,14 @@ if workflow.remote_exec:
     ACQUISITIONS, PENDING = DISCOVERED, {}
 else:
     ACQUISITIONS, PENDING = split_arrived(DISCOVERED, ArrivalRule.from_mapping(config["arrival"]))
+    # Before any work: every model_from names an acquisition that trains its own model.
+    MODEL_FROM_PROBLEMS = model_from_problems(config, DISCOVERED)
+    if MODEL_FROM_PROBLEMS:
+        sys.exit("\n".join(f"n2vpipe: {problem}" for problem in MODEL_FROM_PROBLEMS))
+    for name in list(ACQUISITIONS):
+        if model_from_source(config, name) in PENDING:
+            PENDING[name] = f"the acquisition its model comes from, {model_from_source(config, name)}, is not complete"
+            del ACQUISITIONS[name]
     # workflow/cron/n2vpipe-cron.sh reads these lines: the "discovery" line says the
     # "PATH: skipped, REASON" lines below it are the complete list of this run.
     logger.info(
@@ -95,14 +105,35 @@ def raw_zarr(wildcards):
 
 
 def model_source(wildcards):
-    """The model an acquisition uses instead of training (config model:); empty when none. Inside the results
-    folder it is spelled as rule train's output (so another acquisition's model/ is trained first), elsewhere
-    as an absolute path."""
+    """The model an acquisition uses instead of training (config model:, or model_from: another acquisition's
+    model/, trained first); empty when none. Inside the results folder it is spelled as rule train's output
+    (so another acquisition's model/ is trained first), elsewhere as an absolute path."""
     source = config_for(config, wildcards.acq)["model"]
-    if not source:
-        return ""
+    if source:
+        return model_input_path(source)
+    origin = model_from_source(config, wildcards.acq)
+    return f"{RESULTS}/{origin}/model" if origin else ""
+
+
+def model_input_path(source):
+    """A model path as rules name it: inside the results folder spelled as rule train's output (so that the
+    model is made first), elsewhere absolute."""
     inside = os.path.relpath(os.path.abspath(source), os.path.abspath(RESULTS))
     return f"{RESULTS}/{inside}" if not inside.startswith(os.pardir) else os.path.abspath(source)
+
+
+def init_input(wildcards):
+    """unpack() input of rule train: {"init": the model config train.init_from names} (another acquisition's
+    model/, which is then trained first, when it names an acquisition), or {} for a start from scratch."""
+    source = config_for(config, wildcards.acq)["train"]["init_from"]
+    if not source:
+        return {}
+    if source == wildcards.acq:
+        raise ValueError(f"n2vpipe: acquisition {source!r} sets train.init_from to itself; name another "
+                         "acquisition, a model/ folder or a package, or remove it")
+    if source in DISCOVERED or source in config["acquisitions"]:
+        return {"init": f"{RESULTS}/{source}/model"}
+    return {"init": model_input_path(source)}
 
 
 def model_dir(wildcards):

@@ -1,6 +1,8 @@
 rule train:
-    """Train one Noise2Void model on the acquisition's own noisy voxels (GPU when there is one)."""
+    """Train one Noise2Void model on the acquisition's own noisy voxels (GPU when there is one), from random
+    weights or from those of train.init_from (input init)."""
     input:
+        unpack(init_input),
         zarr=raw_zarr,
     output:
         model=directory(f"{RESULTS}/{{acq}}/model"),
@@ -20,8 +22,9 @@ rule train:
 
 
 rule import_model:
-    """Use config model: (another acquisition's model/ folder or an n2vpipe bioimage.io package) instead of
-    training: checked against the acquisition's axes and channels, copied into imported_model/."""
+    """Use config model: (another acquisition's model/ folder or an n2vpipe bioimage.io package) or model_from:
+    (another acquisition's model/) instead of training: checked against the acquisition's axes and channels,
+    copied into imported_model/."""
     input:
         zarr=raw_zarr,
         source=model_source,
