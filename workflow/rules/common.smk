@@ -123,7 +123,7 @@ def model_input_path(source):
 
 
 def init_input(wildcards):
-    """unpack() input of rule train: {"init": the model config train.init_from names} (another acquisition's
+    """The unpack() input of the train rule, {"init": the model config train.init_from names} (another acquisition's
     model/, which is then trained first, when it names an acquisition), or {} for a start from scratch."""
     source = config_for(config, wildcards.acq)["train"]["init_from"]
     if not source:
